@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  `make atlas`  and  `make test`.
+# Both create/refresh the virtual environment first (pinned versions from pyproject.toml).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PRESET ?= mini
+OUT    ?= build
+
+.PHONY: setup atlas test test-fast validate bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: a complete offline atlas on the mini model, exported to build/CSP-Atlas (load_dataset-ready).
+atlas: setup
+	$(PY) scripts/build_atlas.py --preset $(PRESET) --out $(OUT)
+
+# Every test, the executed notebooks included.
+test: setup
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbmake notebooks
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+validate: setup
+	$(PY) scripts/validate_atlas.py $(OUT)/CSP-Atlas
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache
