@@ -41,13 +41,15 @@ SEED = 42
 
 CATEGORIES: tuple[str, ...] = ("A_string", "B_comment", "C_identifier", "D_dictkey", "E_print")
 
-CHECKER_STATS = "11B_checker_stats.json"
-TOKEN_CHECKER_STATS = "token_checker_stats.json"
+CHECKER_STATS = layout.CHECKER_PROMPT_STATS
+TOKEN_CHECKER_STATS = layout.TOKEN_CHECKER_PROMPT_STATS
 
 # ----------------------------------------------------------------------------- data (from the release notebooks)
 
 # Identifiers that contain the keyword as a substring without being it (11B NB[5] = 5A NB[6]).
-# "from" has no entry, so ast__ImportFrom gets no C_identifier candidates.
+# "from" has no entry, so ast__ImportFrom gets no C_identifier candidates. Five entries do not
+# contain their keyword at all (continuous_mode, continuum, width_value, tyranny, annex_id): kept as
+# released; their C prompts simply fail the token check.
 IDENTIFIER_VARIANTS: dict[str, tuple[str, ...]] = {
     "import": ("important_data", "reimport_flag", "import_path_str"),
     "break": ("breakdown_count", "breakpoint_flag", "unbreakable"),
@@ -217,7 +219,7 @@ def get_variant(variant: str | Variant) -> Variant:
 def _check_objects(objects: Iterable[str] | None) -> list[str]:
     if objects is None:
         return sorted(KEYWORD_MAP)
-    objects = sorted(set(objects))
+    objects = sorted({objects} if isinstance(objects, str) else set(objects))
     unknown = [o for o in objects if o not in KEYWORD_MAP]
     if unknown:
         raise ValueError(f"unknown checker object(s) {unknown}: not keys of concepts.KEYWORD_MAP "
@@ -394,6 +396,30 @@ def select_prompts(valid: Sequence[tuple[str, str]], n_target: int = N_TARGET) -
 # ----------------------------------------------------------------------------- the stage
 
 
+def prompts_for_object(candidates: Sequence[tuple[str, str]], obj: str, tokenizer,
+                       n_target: int = N_TARGET) -> tuple[list[str], dict]:
+    """Validate one object's (category, text) candidates (raw order) and select its prompts.
+
+    Returns (selected texts, counts): n_raw, n_unparsable, n_concept_present, n_token_missing
+    (each candidate counted under the first check it fails), n_passed, n_valid (= selected).
+    """
+    finder = tokenizer if isinstance(tokenizer, _KeywordFinder) else _KeywordFinder(tokenizer)
+    _forbidden(obj)     # a clear error for an unknown object, before any work
+    keyword = KEYWORD_MAP[obj]["keyword"]
+    failures = {"unparsable": 0, "concept_present": 0, "token_missing": 0}
+    valid = []
+    for category, text in candidates:
+        failed = _first_failed_check(text, obj, keyword, finder)
+        if failed is None:
+            valid.append((category, text))
+        else:
+            failures[failed] += 1
+    chosen = select_prompts(valid, n_target)
+    counts = {"n_raw": len(candidates), **{f"n_{k}": v for k, v in failures.items()},
+              "n_passed": len(valid), "n_valid": len(chosen)}
+    return chosen, counts
+
+
 def generate_checker_prompts(tokenizer, variant: str | Variant = "11B", *, n_target: int = N_TARGET,
                              seed: int = SEED, objects: Iterable[str] | None = None,
                              progress: bool = False) -> tuple[pd.DataFrame, dict]:
@@ -416,23 +442,15 @@ def generate_checker_prompts(tokenizer, variant: str | Variant = "11B", *, n_tar
     for obj, _kw, category, text in raw_candidates(spec, n_target=n_target, seed=seed):
         by_object.setdefault(obj, []).append((category, text))
 
-    finder = _KeywordFinder(tokenizer)
+    # Validation below draws no random numbers, so the candidates (and hence the RNG stream) are the
+    # same under every tokenizer; only which of them pass depends on it.
+    finder = _KeywordFinder(tokenizer)      # shared, so keyword encodings and decodes are memoised once
     rows, per_object = [], {}
     for obj in tqdm(wanted, desc=f"{spec.name} checker prompts", disable=not progress):
         keyword = KEYWORD_MAP[obj]["keyword"]
-        failures = {"unparsable": 0, "concept_present": 0, "token_missing": 0}
-        valid = []
-        for category, text in by_object[obj]:
-            failed = _first_failed_check(text, obj, keyword, finder)
-            if failed is None:
-                valid.append((category, text))
-            else:
-                failures[failed] += 1
-        chosen = select_prompts(valid, n_target)
+        chosen, counts = prompts_for_object(by_object[obj], obj, finder, n_target)
         rows += [(obj, keyword, i, text) for i, text in enumerate(chosen)]
-        per_object[obj] = {"keyword": keyword, "n_raw": len(by_object[obj]),
-                           **{f"n_{k}": v for k, v in failures.items()},
-                           "n_passed": len(valid), "n_valid": len(chosen), "short": len(chosen) < n_target}
+        per_object[obj] = {"keyword": keyword, **counts, "short": len(chosen) < n_target}
 
     table = pd.DataFrame(rows, columns=layout.CHECKER_PROMPT_COLUMNS).astype({"variation_id": "int64"})
     stats = {

@@ -36,7 +36,9 @@ JACCARD_LAYER = 4                       # `/metrics` matrices are computed at th
 OBJECT_PROMPTS = "11A_object_prompts.parquet"
 OBJECT_PROMPT_STATS = "11A_object_stats.json"
 CHECKER_PROMPTS = "11B_checker_prompts.parquet"
+CHECKER_PROMPT_STATS = "11B_checker_stats.json"
 TOKEN_CHECKER_PROMPTS = "token_checker_prompts.parquet"
+TOKEN_CHECKER_PROMPT_STATS = "token_checker_stats.json"
 OBJECT_ACTIVATIONS = "12_object_activations.h5"
 CHECKER_ACTIVATIONS = "12_checker_activations.h5"
 # Not a release file: the 5A activations, kept so token_checker_masks.h5 can be re-derived and validated.

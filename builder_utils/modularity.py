@@ -147,7 +147,8 @@ def relaxed_modularity(universals: MaskStack, p_values=P_VALUES, significance: f
         "layer": np.repeat(np.arange(n_layers), n_obj * n_p),
         "p_trim": np.tile(np.asarray(p_values, dtype=np.float64), n_layers * n_obj),
         "observed_trimmed_jaccard": np.round(observed.ravel(), 4),        # float32, as released
-        "percentile": np.round(percentile.ravel(), 4),
+        # Python's round (correctly rounded), as released; np.round can differ in the last digit.
+        "percentile": [round(float(v), 4) for v in percentile.ravel()],
         "significant": significant.ravel(),
     })
     return scores, detail
