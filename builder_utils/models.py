@@ -22,6 +22,7 @@ import inspect
 import os
 import re
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 
 PAPER_MODEL_ID = "openai/circuit-sparsity"
 EOS_TOKEN = "<|endoftext|>"
+RESERVED_TOKEN = "<|reserved_{}|>"     # fills a mini vocabulary up to its size (see train_mini_tokenizer)
 SHIM_PACKAGE = "circuit_sparsity"        # what the Hub repo's config.py imports
 SHIM_FILES = ("hook_utils.py", "gpt.py")  # gpt.py may import hook_utils, so it is loaded first
 MLP_NAME_RE = re.compile(r"^(.*?)(\d+)(\.mlp)$")
@@ -40,7 +42,8 @@ MINI_N_LAYER = 8                # the real model has 8 blocks; the atlas hooks a
 MINI_N_EMBD = 128               # residual width = number of `.mlp` output channels
 MINI_N_HEAD = 4
 MINI_N_POSITIONS = 512          # >= 256 tokens, covers the prompts (the 11A filter uses max_length 512)
-MINI_INITIALIZER_RANGE = 0.1
+MINI_INITIALIZER_RANGE = 0.04   # sets the typical channel's mean |act| (~0.03)
+MINI_CHANNEL_SPREAD = 1.0       # std of log10 of a per-channel gain on the MLP output (decades)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -240,10 +243,9 @@ def train_mini_tokenizer(texts: list[str], vocab_size: int = MINI_VOCAB_SIZE, *,
                          model_max_length: int = MINI_N_POSITIONS):
     """A deterministic byte-level BPE tokenizer trained on `texts`, shaped like tinypython_2k.
 
-    256 byte tokens + merges, then `<|endoftext|>` appended as the LAST id (vocab_size - 1 = 2047,
-    as in the real tokenizer); pad = eos, no special tokens added on encode. Every byte string is
-    encodable. If `texts` are too small to learn vocab_size - 257 merges the vocabulary is smaller,
-    and eos is still its last id.
+    256 byte tokens + up to vocab_size - 257 merges (GPT-2-style word split first, so keywords stay
+    whole tokens), then `<|endoftext|>` as the LAST id, vocab_size - 1 = 2047 as in the real
+    tokenizer; pad = eos, no special tokens added on encode. Every byte string is encodable.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -259,17 +261,23 @@ def train_mini_tokenizer(texts: list[str], vocab_size: int = MINI_VOCAB_SIZE, *,
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, show_progress=False, special_tokens=[],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_special_tokens([EOS_TOKEN])     # appended after the learned vocabulary -> last id
+    # Templated code has few distinct words, so BPE can run out of merges before vocab_size - 1.
+    # Reserved (never produced) tokens fill the gap, so eos is always id vocab_size - 1.
+    n_learned = tok.get_vocab_size()
+    tok.add_special_tokens([RESERVED_TOKEN.format(i) for i in range(vocab_size - 1 - n_learned)])
+    tok.add_special_tokens([EOS_TOKEN])
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
                                       model_max_length=model_max_length)
-    assert wrapped.convert_tokens_to_ids(EOS_TOKEN) == len(wrapped) - 1
+    if wrapped.convert_tokens_to_ids(EOS_TOKEN) != vocab_size - 1 or len(wrapped) != vocab_size:
+        raise ValueError(f"train_mini_tokenizer: {EOS_TOKEN!r} did not become id {vocab_size - 1}")
     return wrapped
 
 
 def build_mini_model(out_dir: str | os.PathLike, texts: list[str], *, seed: int = 0,
                      n_layer: int = MINI_N_LAYER, n_embd: int = MINI_N_EMBD, n_head: int = MINI_N_HEAD,
                      vocab_size: int = MINI_VOCAB_SIZE, n_positions: int = MINI_N_POSITIONS,
-                     initializer_range: float = MINI_INITIALIZER_RANGE) -> Path:
+                     initializer_range: float = MINI_INITIALIZER_RANGE,
+                     channel_spread: float = MINI_CHANNEL_SPREAD) -> Path:
     """Write a small, seeded, untrained GPT-2 + its tokenizer to `out_dir`; load it with load_model_and_tokenizer.
 
     It stands in for `openai/circuit-sparsity` offline: same loading path (AutoModelForCausalLM,
@@ -277,11 +285,17 @@ def build_mini_model(out_dir: str | os.PathLike, texts: list[str], *, seed: int 
     vocabulary with eos = 2047. It is narrow (n_embd = 128 channels instead of 2048) so a whole mini
     atlas extracts in about a minute on 2 CPU cores. Same seed and texts -> identical bytes.
 
-    initializer_range = 0.1 (GPT-2's default is 0.02): with random weights, an MLP output channel's
-    mean |act| over prompts scales with the init std. At 0.02 almost every channel sits below
-    ε = 0.1 and the ε grid {0.001, 0.1, 0.5} would give all-full / all-empty masks. At 0.1 the
-    per-channel means spread across the grid: nearly all channels pass ε = 0.001, roughly half
-    pass ε = 0.1 and a small minority pass ε = 0.5 (measured in the stage-12 report / tests).
+    Why these magnitudes: stage 13 keeps a channel when its mean |act| over a unit's prompts exceeds
+    ε ∈ {0.001, 0.1, 0.5}. A randomly initialised GPT-2 gives every channel about the same mean |act|
+    (≈ 0.01 at GPT-2's default initializer_range 0.02, ≈ 0.3 at 0.1), so the ε grid would yield
+    all-full or all-empty masks. Two knobs fix that:
+    * `initializer_range` = 0.04 puts the typical channel near ε = 0.03 (std of every weight; GPT-2
+      still scales the residual projections by 1/sqrt(2·n_layer));
+    * `channel_spread` = 1.0: each MLP output channel is multiplied by a seeded log-normal gain
+      10**(1.0·z), z ~ N(0, 1), so per-channel means span several decades and each ε cuts
+      the channels somewhere different.
+    Measured on short code snippets (4-prompt units, all 8 layers): about 93-96 % of channels pass
+    ε = 0.001, 27-40 % pass ε = 0.1 and 9-18 % pass ε = 0.5.
 
     Caveat: GPT-2's MLP output is dense, so every channel is non-zero on every prompt, firing rates
     are ~1 and the consistency threshold C barely bites on the mini model. The real model applies
@@ -303,7 +317,16 @@ def build_mini_model(out_dir: str | os.PathLike, texts: list[str], *, seed: int 
     with torch.random.fork_rng(devices=[]):    # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config).eval()
+        with torch.no_grad():
+            gains = 10.0 ** (channel_spread * torch.randn(n_layer, n_embd))
+            for layer, (_, mlp) in enumerate(find_mlp_modules(model)):
+                mlp.c_proj.weight.mul_(gains[layer])    # Conv1D weight is (n_inner, n_embd): scale outputs
+    # Write next to out_dir, then move the files in, config.json last: an interrupted build never
+    # leaves a folder that loads.
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for f in sorted(Path(tmp).iterdir(), key=lambda f: f.name == "config.json"):
+            os.replace(f, out_dir / f.name)
     return out_dir

@@ -1,0 +1,309 @@
+"""Stage 13 — binarise activations into masks, marginalise pair masks into universal masks.
+
+ALGORITHMS.md §6 (and §4 for the 5A token-checker masks). Per unit (pair or checker
+object), layer and channel, with n = the unit's prompt count:
+
+    mask = (activation_sum / n > ε) & (firing_count / n >= C)        both sides in float32
+
+ε is strict and applies to the mean |act| over all prompts; C is non-strict and applies to
+the rate of exactly non-zero outputs. The comparison happens in float32, as numpy does
+for a float32 array against a Python float (ε = 0.1 means float32(0.1)).
+
+Universal masks (§6 "Marginalisation"): AST X = AND of the pair masks (X, b) over every pair
+*present* for X; builtin Y = AND over every present (a, Y). A concept with one pair (the six
+isolated AST nodes) keeps that pair mask unchanged.
+
+Everything is vectorised over units, layers and channels. Two exact rewrites make the
+9-setting sweep cheap (and are checked against the literal formula in tests/test_masks.py):
+
+* x ↦ fl32(x / n) is monotone, so `fl32(sum / n) > ε` ⇔ `sum > t`, with t the largest float32
+  for which fl32(t / n) <= ε. t is found once per distinct n (a binary search over float32 bit
+  patterns), and the 21 M sums are compared without dividing them for every setting.
+* likewise `fl32(count / n) >= C` ⇔ `count >= k`, with k the smallest such count.
+
+Marginalisation ANDs bit-packed masks with one `bitwise_and.reduceat` per concept kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from builder_utils import layout
+from builder_utils.concepts import concept_key, split_concept_key, split_pair_key
+from builder_utils.layout import (Activations, AtlasFileError, CheckerMasks, MaskStack, ObjectMasks,
+                                  read_activations, write_checker_masks, write_object_masks)
+
+log = logging.getLogger(__name__)
+
+Setting = tuple[float, float]
+
+# 5A stored the target prompt count, not the real one, as `n_prompts_per_object` (§13 item 17);
+# the real counts go to /generation_stats.
+TOKEN_CHECKER_N_TARGET = 50
+
+_FLOAT32_INF_BITS = 0x7F800000   # bit pattern of +inf; non-negative float32 bit patterns sort like their values
+_BLOCK_ELEMENTS = 1 << 18         # (unit, layer, channel) values per block of the sweep: ~1 MB of float32
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def _check_setting(epsilon: float, consistency: float) -> None:
+    if not (np.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    if not (0 <= consistency <= 1):
+        raise ValueError(f"consistency must be in [0, 1], got {consistency!r}")
+
+
+def mean_cutoffs(n_prompts: np.ndarray, epsilon: float) -> np.ndarray:
+    """Per n: the largest float32 t with fl32(t / n) <= float32(ε), so `sum > t` ⇔ `fl32(sum / n) > ε`."""
+    n = np.asarray(n_prompts).astype(np.float32)
+    eps = np.float32(epsilon)
+    lo = np.zeros(n.shape, np.int64)                           # 0.0 always satisfies (ε >= 0)
+    hi = np.full(n.shape, _FLOAT32_INF_BITS, np.int64)         # +inf never does
+    while (hi - lo > 1).any():
+        mid = (lo + hi) // 2
+        ok = mid.astype(np.int32).view(np.float32) / n <= eps
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    return lo.astype(np.int32).view(np.float32)
+
+
+def count_cutoffs(n_prompts: np.ndarray, consistency: float) -> np.ndarray:
+    """Per n: the smallest count k with fl32(k / n) >= float32(C), so `count >= k` ⇔ `fl32(count / n) >= C`."""
+    n_prompts = np.asarray(n_prompts, dtype=np.int64)
+    cons = np.float32(consistency)
+    out = np.empty(n_prompts.shape, np.int64)
+    for n in np.unique(n_prompts):                            # a handful of distinct counts, not one per unit
+        rates = np.arange(n + 1, dtype=np.float32) / np.float32(n)
+        out[n_prompts == n] = int(np.argmax(rates >= cons))   # rates[n] = 1 >= C, so argmax finds one
+    return out
+
+
+def threshold_sweep(acts: Activations, settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, MaskStack]:
+    """Masks of every unit at every (ε, C) setting.
+
+    Works through blocks of units small enough to stay in cache: each distinct ε and C is
+    compared once per block into reused buffers, and each setting is one AND of the two.
+    """
+    settings = list(dict.fromkeys((float(e), float(c)) for e, c in settings))
+    for e, c in settings:
+        _check_setting(e, c)
+    n = np.asarray(acts.n_prompts, dtype=np.int64)
+    if (n <= 0).any():
+        raise ValueError(f"unit {acts.keys[int(np.argmin(n))]!r} has n_prompts <= 0")
+    sums = np.asarray(acts.activation_sum, dtype=np.float32)       # the release stores float32 sums
+    counts = np.asarray(acts.firing_count)
+    mean_cut = {e: mean_cutoffs(n, e)[:, None, None] for e in dict.fromkeys(e for e, _ in settings)}
+    count_cut = {c: count_cutoffs(n, c).astype(counts.dtype)[:, None, None]
+                 for c in dict.fromkeys(c for _, c in settings)}
+    out = {s: np.empty(sums.shape, bool) for s in settings}
+    per_unit = max(1, sums[0].size if len(sums) else 1)
+    step = max(1, _BLOCK_ELEMENTS // per_unit)
+    mean_pass = {e: np.empty((step,) + sums.shape[1:], bool) for e in mean_cut}
+    rate_pass = {c: np.empty((step,) + sums.shape[1:], bool) for c in count_cut}
+    for lo in range(0, len(sums), step):
+        hi = min(lo + step, len(sums))
+        for e, cut in mean_cut.items():
+            np.greater(sums[lo:hi], cut[lo:hi], out=mean_pass[e][: hi - lo])
+        for c, cut in count_cut.items():
+            np.greater_equal(counts[lo:hi], cut[lo:hi], out=rate_pass[c][: hi - lo])
+        for e, c in settings:
+            np.logical_and(mean_pass[e][: hi - lo], rate_pass[c][: hi - lo], out=out[(e, c)][lo:hi])
+    return {s: MaskStack(list(acts.keys), m) for s, m in out.items()}
+
+
+def threshold_masks(acts: Activations, epsilon: float, consistency: float) -> MaskStack:
+    """`(activation_sum / n > ε) & (firing_count / n >= C)` in float32 (§6), for every unit and layer."""
+    return threshold_sweep(acts, [(epsilon, consistency)])[(float(epsilon), float(consistency))]
+
+
+# ----------------------------------------------------------------------------- marginalisation
+
+
+def _pack(masks: np.ndarray) -> np.ndarray:
+    """(U, L, W) bool -> (U, L, B) uint64 words (zero-padded), so an AND handles 64 channels at once."""
+    packed = np.packbits(masks, axis=-1)
+    pad = -packed.shape[-1] % 8
+    if pad:
+        packed = np.concatenate([packed, np.zeros(packed.shape[:-1] + (pad,), np.uint8)], axis=-1)
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def _unpack(words: np.ndarray, width: int) -> np.ndarray:
+    return np.unpackbits(words.view(np.uint8), axis=-1, count=width).view(bool)
+
+
+def _and_by_group(words: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """AND the rows of `words` that share a label; returns the sorted labels and one row per label."""
+    names = sorted(set(labels))
+    index = {g: i for i, g in enumerate(names)}
+    group = np.fromiter((index[g] for g in labels), dtype=np.int64, count=len(labels))
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], np.arange(len(names)))
+    rows = words if (order == np.arange(len(order))).all() else words[order]
+    return names, np.bitwise_and.reduceat(rows, starts, axis=0)
+
+
+def marginalise(pairs: MaskStack) -> MaskStack:
+    """Universal masks `ast__X` (AND over X's present pairs) and `builtin__Y` (AND over Y's present pairs)."""
+    if not pairs.keys:
+        return MaskStack([], np.zeros((0,) + pairs.masks.shape[1:], bool))
+    split = [split_pair_key(k) for k in pairs.keys]
+    words = _pack(pairs.masks)
+    ast_names, ast_words = _and_by_group(words, [a for a, _ in split])
+    blt_names, blt_words = _and_by_group(words, [b for _, b in split])
+    keys = [concept_key("ast", a) for a in ast_names] + [concept_key("builtin", b) for b in blt_names]
+    return MaskStack(keys, _unpack(np.concatenate([ast_words, blt_words]), pairs.width))
+
+
+# ----------------------------------------------------------------------------- Jaccard metrics
+
+
+def jaccard_matrix(masks: np.ndarray) -> np.ndarray:
+    """Pairwise |A∩B| / |A∪B| of (N, W) boolean masks, float64; 0 where both are empty (so diag = 1 or 0)."""
+    words = _pack(np.asarray(masks, dtype=bool)[:, None, :])[:, 0, :]            # (N, W/64) uint64
+    # popcount of the pairwise ANDs: exact integer counts, and no BLAS threads to contend for
+    inter = np.bitwise_count(words[:, None, :] & words[None, :, :]).sum(-1, dtype=np.int64).astype(np.float64)
+    sizes = np.diag(inter)
+    union = sizes[:, None] + sizes[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def universal_jaccard(universals: MaskStack, kind: str, layer: int = layout.JACCARD_LAYER) -> np.ndarray | None:
+    """The `/metrics` matrix of one concept kind at `layer`, rows in sorted name order; None if unavailable."""
+    rows = [i for i, k in enumerate(universals.keys) if k.startswith(f"{kind}__")]
+    if not rows or layer >= universals.n_layers:
+        return None
+    return jaccard_matrix(universals.masks[rows, layer])
+
+
+# ----------------------------------------------------------------------------- file stages
+
+
+def _validate(acts: Activations, path: Path, key_kind: str) -> None:
+    """Unit names and counts a well-formed stage-12 file must have."""
+    for key in acts.keys:
+        try:
+            split_pair_key(key) if key_kind == "pair" else split_concept_key(key)
+        except ValueError as exc:
+            raise AtlasFileError(path, f"bad unit name: {exc}") from None
+    counts = acts.firing_count
+    bad = (counts < 0) | (counts > acts.n_prompts[:, None, None])
+    if bad.any():
+        u, l, ch = np.argwhere(bad)[0]
+        raise AtlasFileError(path, f"firing count {counts[u, l, ch]} of {acts.keys[u]!r} (layer {l}, channel {ch}) "
+                                   f"is outside [0, n_prompts={acts.n_prompts[u]}]")
+    if (acts.activation_sum < 0).any():
+        u, l, ch = np.argwhere(acts.activation_sum < 0)[0]
+        raise AtlasFileError(path, f"negative activation sum (a sum of |act|) for {acts.keys[u]!r} "
+                                   f"at layer {l}, channel {ch}")
+
+
+def _up_to_date(output: Path, source: Path) -> bool:
+    return output.is_file() and output.stat().st_mtime >= source.stat().st_mtime
+
+
+def _load(data_dir: Path, name: str, key_kind: str) -> tuple[Path, Activations]:
+    path = data_dir / name
+    try:
+        acts = read_activations(path)  # AtlasFileError (naming the file) if missing, malformed or non-finite
+    except KeyError as exc:            # a group the reader expected is absent (e.g. one firing_counts layer)
+        raise AtlasFileError(path, f"incomplete stage-12 file: {exc}") from None
+    _validate(acts, path, key_kind)
+    return path, acts
+
+
+def _todo(outputs: dict[Setting, Path], source: Path, resume: bool) -> list[Setting]:
+    if not source.is_file():
+        raise AtlasFileError(source, "file not found (stage 13 needs this stage-12 activation file)")
+    return [s for s, p in outputs.items() if not (resume and _up_to_date(p, source))]
+
+
+def write_object_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
+                             settings: Iterable[Setting] = layout.SETTINGS) -> list[Path]:
+    """Threshold, marginalise and write one `13_object_masks_eps{ε}_cons{C}.h5` per setting."""
+    data_dir = Path(data_dir)
+    settings = [(float(e), float(c)) for e, c in settings]
+    split = [split_pair_key(k) for k in acts.keys]
+    ast_nodes, builtin_objs = sorted({a for a, _ in split}), sorted({b for _, b in split})
+    if acts.n_layers <= layout.JACCARD_LAYER:
+        log.warning("%d layers only: no /metrics Jaccard matrices (they use layer %d)",
+                    acts.n_layers, layout.JACCARD_LAYER)
+    sweep = threshold_sweep(acts, settings)
+    paths = []
+    for s in tqdm(settings, desc="13 object masks", unit="setting"):
+        pairs = sweep.pop(s)
+        universals = marginalise(pairs)
+        paths.append(data_dir / layout.object_masks_name(*s))
+        write_object_masks(paths[-1], ObjectMasks(
+            epsilon=s[0], consistency=s[1], pairs=pairs, universals=universals,
+            ast_nodes=ast_nodes, builtin_objs=builtin_objs,
+            jaccard_ast=universal_jaccard(universals, "ast"),
+            jaccard_builtin=universal_jaccard(universals, "builtin")))
+    return paths
+
+
+def write_checker_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
+                              settings: Iterable[Setting] = layout.SETTINGS) -> list[Path]:
+    """Threshold and write one `13_checker_masks_eps{ε}_cons{C}.h5` per setting (no marginalising)."""
+    data_dir = Path(data_dir)
+    settings = [(float(e), float(c)) for e, c in settings]
+    sweep = threshold_sweep(acts, settings)
+    paths = []
+    for s in tqdm(settings, desc="13 checker masks", unit="setting"):
+        paths.append(data_dir / layout.checker_masks_name(*s))
+        write_checker_masks(paths[-1], CheckerMasks(s[0], s[1], sweep.pop(s)))
+    return paths
+
+
+def build_object_masks(data_dir: os.PathLike | str, settings: Iterable[Setting] = layout.SETTINGS, *,
+                       resume: bool = True) -> list[Path]:
+    """`12_object_activations.h5` -> one `13_object_masks_eps{ε}_cons{C}.h5` per setting; returns their paths.
+
+    With `resume`, a setting whose file exists and is newer than the activations is skipped,
+    so an interrupted sweep continues where it stopped (files are written atomically).
+    """
+    data_dir = Path(data_dir)
+    outputs = {(float(e), float(c)): data_dir / layout.object_masks_name(e, c) for e, c in settings}
+    todo = _todo(outputs, data_dir / layout.OBJECT_ACTIVATIONS, resume)
+    if todo:
+        _, acts = _load(data_dir, layout.OBJECT_ACTIVATIONS, "pair")
+        write_object_masks_sweep(acts, data_dir, todo)
+    return list(outputs.values())
+
+
+def build_checker_masks(data_dir: os.PathLike | str, settings: Iterable[Setting] = layout.SETTINGS, *,
+                        resume: bool = True) -> list[Path]:
+    """`12_checker_activations.h5` (11B) -> one `13_checker_masks_eps{ε}_cons{C}.h5` per setting."""
+    data_dir = Path(data_dir)
+    outputs = {(float(e), float(c)): data_dir / layout.checker_masks_name(e, c) for e, c in settings}
+    todo = _todo(outputs, data_dir / layout.CHECKER_ACTIVATIONS, resume)
+    if todo:
+        _, acts = _load(data_dir, layout.CHECKER_ACTIVATIONS, "concept")
+        write_checker_masks_sweep(acts, data_dir, todo)
+    return list(outputs.values())
+
+
+def build_token_checker_masks(data_dir: os.PathLike | str, *, resume: bool = True) -> Path:
+    """5A: `12_token_checker_activations.h5` -> `token_checker_masks.h5` at ε = 0.001, C = 0.8 (§4).
+
+    Metadata as released: `n_prompts_per_object` = 50 (the target, a constant) and the
+    categories string; the real per-object prompt counts go to `/generation_stats`.
+    """
+    data_dir = Path(data_dir)
+    eps, cons = layout.TOKEN_CHECKER_SETTING
+    out = data_dir / layout.TOKEN_CHECKER_MASKS
+    if not _todo({(eps, cons): out}, data_dir / layout.TOKEN_CHECKER_ACTIVATIONS, resume):
+        return out
+    _, acts = _load(data_dir, layout.TOKEN_CHECKER_ACTIVATIONS, "concept")
+    write_checker_masks(out, CheckerMasks(
+        eps, cons, threshold_masks(acts, eps, cons),
+        extra_attrs={"n_prompts_per_object": TOKEN_CHECKER_N_TARGET, "categories": layout.CHECKER_CATEGORIES},
+        generation_stats={k: int(n) for k, n in zip(acts.keys, acts.n_prompts)}))
+    return out
