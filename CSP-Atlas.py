@@ -10,18 +10,17 @@ export (`builder_utils/export.py`) writes as parquet configs plus a dataset card
 Use it directly (scripts are not loadable through `load_dataset` since datasets 4.0;
 that is also why the published folder never has this file at its root):
 
-    spec = importlib.util.spec_from_file_location("csp_atlas_builder", "CSP-Atlas.py")
-    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+    from builder_utils.export import load_builder_module   # imports this file by path
+    module = load_builder_module()
     builder = module.CSPAtlas(config_name="masks_eps0.5_cons0.8", data_dir="build/raw", cache_dir="/tmp/c")
     builder.download_and_prepare()
     ds = builder.as_dataset(split="train")
 
-Every config reads exactly one release file (`config.source`, relative to `data_dir`),
-except the checker mask configs, which also take `n_prompts` from
-`12_checker_activations.h5` when it is there.
+(By hand: `importlib.util.spec_from_file_location`, and register the module in `sys.modules`
+before executing it — datasets re-imports a builder's module by name.) Every config reads
+exactly one release file (`config.source`, relative to `data_dir`), except the checker mask
+configs, which also take `n_prompts` from `12_checker_activations.h5` when it is there.
 """
-
-from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from typing import Iterator, Optional
 import datasets
 import h5py
 import numpy as np
-import pandas as pd
 
 try:
     from builder_utils import concepts, layout
@@ -196,6 +194,8 @@ def read_width(path: Path, group: str) -> int:
         first = layer0[next(iter(layer0))]
         if not isinstance(first, h5py.Dataset) or first.ndim != 1:
             raise layout.AtlasFileError(path, f"{first.name} is not a vector")
+        if first.shape[0] > np.iinfo(np.int16).max:     # `active_idx` is int16
+            raise layout.AtlasFileError(path, f"width {first.shape[0]} does not fit the int16 active_idx column")
         return int(first.shape[0])
 
 

@@ -69,21 +69,21 @@ class _Batch:
 def _tokenize(tokenizer, units: dict[str, list[str]], keys: list[str], truncate_to: int | None
               ) -> list[list[list[int]]]:
     """Token ids per unit and prompt, without special tokens (as every release encode call)."""
-    out = []
     for key in keys:
-        prompts = units[key]
-        if len(prompts) == 0:
+        if len(units[key]) == 0:
             raise ExtractionError(f"unit {key!r} has no prompts")
-        for row, p in enumerate(prompts):
+        for row, p in enumerate(units[key]):
             if not isinstance(p, str) or not p:
                 raise ExtractionError(f"unit {key!r}, prompt {row}: empty or not a string ({p!r})")
-        ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    flat = tokenizer([p for key in keys for p in units[key]], add_special_tokens=False)["input_ids"]
+    out, start = [], 0
+    for key in keys:
+        ids = flat[start:start + len(units[key])]
+        start += len(units[key])
         for row, seq in enumerate(ids):
             if len(seq) == 0:
-                raise ExtractionError(f"unit {key!r}, prompt {row} encodes to no tokens: {prompts[row]!r}")
-        if truncate_to is not None:
-            ids = [seq[:truncate_to] for seq in ids]
-        out.append(ids)
+                raise ExtractionError(f"unit {key!r}, prompt {row} encodes to no tokens: {units[key][row]!r}")
+        out.append([seq[:truncate_to] for seq in ids] if truncate_to is not None else ids)
     return out
 
 
@@ -231,6 +231,8 @@ def extract_activations(model: torch.nn.Module, tokenizer, units: dict[str, list
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if position == "reference" and padding_side not in (None, "left"):
         raise ValueError("position='reference' always pads left (that is the release's behaviour)")
+    if model.training:
+        raise ValueError("the model is in training mode (dropout would randomise activations); call model.eval()")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; load it with models.load_tokenizer (pad = eos)")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -259,8 +261,9 @@ def extract_activations(model: torch.nn.Module, tokenizer, units: dict[str, list
     batches = _schedule(token_ids, position, batch_size)
     reader = _MLPReader(model)
     n_layers = len(reader.modules)
-    fingerprint = _fingerprint(model, keys, token_ids, position, batch_size, side, model_id)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    fingerprint = (_fingerprint(model, keys, token_ids, position, batch_size, side, model_id)
+                   if checkpoint_path is not None else "")
     sums = counts = None
     done = 0
     if checkpoint_path is not None and checkpoint_path.is_file():
@@ -276,9 +279,10 @@ def extract_activations(model: torch.nn.Module, tokenizer, units: dict[str, list
         for i in range(done, len(batches)):
             batch = batches[i]
             input_ids, mask = _pad(batch.ids, tokenizer.pad_token_id, side)
-            lengths = mask.sum(1)
-            # reference: n_b - 1, the release's index (correct only for right padding); last: true last token
-            pos = lengths - 1 if (position == "reference" or side == "right") else torch.full_like(lengths, input_ids.shape[1] - 1)
+            if position == "reference" or side == "right":
+                pos = mask.sum(1) - 1       # n_b - 1: the last token with right padding; the release's quirk with left
+            else:
+                pos = torch.full((len(batch.ids),), input_ids.shape[1] - 1)
             step_kwargs = dict(kwargs)
             if pass_mask:
                 step_kwargs["attention_mask"] = mask.to(device)

@@ -43,6 +43,8 @@ Re-execute the notebooks in place (after `make atlas`, so they run on build/CSP-
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import io
 import json
 import math
 import os
@@ -51,8 +53,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from builder_utils import layout
 from builder_utils.concepts import ATOMICITY_AST, KEYWORD_MAP, concept_key, concept_type
@@ -200,7 +204,8 @@ CLAIMS: tuple[Claim, ...] = (
     _C("M10", "Finding 2", "mean Jaccard to others: AST ≈ 0.36–0.46, builtins ≈ 0.49–0.56",
        {"AST min": 0.36, "AST max": 0.46, "builtin min": 0.49, "builtin max": 0.56}, tolerance="2dp"),
     _C("M11", "Finding 2", "method: 106 objects, 500 permutations, 8 layers, p < 0.05",
-       {"objects": 106, "draws": 500, "layers": 8, "alpha": 0.05}, kind="descriptive", flags=("F13",)),
+       {"objects": 106, "draws": 500, "layers": 8, "alpha": 0.05}, tolerance="2dp", kind="descriptive",
+       flags=("F13",)),
     _C("M12", "5B", "MODULAR = {Import, Break, Pass, ImportFrom, Continue, Assert}, 'score > 0'",
        {"MODULAR size": 6}, kind="descriptive", flags=("F14",)),
     # §5 atomicity and Figure 1 --------------------------------------------------------------
@@ -420,8 +425,6 @@ class AtlasLocation:
 
 
 def _count_pairs(root: Path) -> int | None:
-    import h5py
-
     for e, c in (layout.REFERENCE_SETTING, *layout.SETTINGS):
         path = root / layout.object_masks_name(e, c)
         if path.is_file():
@@ -436,8 +439,6 @@ def _count_pairs(root: Path) -> int | None:
 def _count_rows(path: Path) -> int | None:
     if not path.is_file():
         return None
-    import pyarrow.parquet as pq
-
     try:
         return pq.ParquetFile(path).metadata.num_rows
     except Exception as exc:  # pyarrow raises several types for a bad file
@@ -447,8 +448,6 @@ def _count_rows(path: Path) -> int | None:
 def _h5_model_id(path: Path) -> str | None:
     if not path.is_file():
         return None
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             md = f.get(layout.G_METADATA)
@@ -521,8 +520,6 @@ def _atlas_complete(root: Path) -> bool:
 @contextlib.contextmanager
 def _build_lock(folder: Path):
     """Serialise concurrent builds (several notebooks may start at once)."""
-    import fcntl
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -543,7 +540,8 @@ def _tiny_atlas(cache: Path, notes: list[str]) -> tuple[Path, str]:
 
             t0 = time.perf_counter()
             log: list[str] = []
-            result = pipeline.build_atlas("tiny", cache, log=log.append)
+            with contextlib.redirect_stderr(io.StringIO()):       # progress bars of every stage
+                result = pipeline.build_atlas("tiny", cache, log=log.append)
             notes.append(f"built in {time.perf_counter() - t0:.0f} s ({len(log)} log lines)")
             return result.export_dir, f"no ${ENV_DATA_ROOT} and no {DEFAULT_ATLAS.relative_to(REPO_ROOT)}: " \
                                       f"BUILT the tiny atlas into {cache}"
@@ -580,6 +578,17 @@ def locate_atlas(*, verbose: bool = True) -> AtlasLocation:
     if verbose:
         print(atlas.describe())
     return atlas
+
+
+def export_table(atlas: AtlasLocation, config: str) -> pd.DataFrame | None:
+    """One exported config read the way users read it (`datasets.load_dataset`), or None where the atlas
+    is not a Hub export (raw release files only) or lacks that config."""
+    if atlas.export_dir is None or not (atlas.export_dir / "data" / config).is_dir():
+        return None
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets.load_dataset(str(atlas.export_dir), config, split="train").to_pandas()
 
 
 # ----------------------------------------------------------------------------- the claims table

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -87,7 +87,8 @@ def _mean(values: pd.Series, digits: int) -> float | None:
 def summarise(rows: pd.DataFrame, epsilon: float, consistency: float) -> dict:
     """One `14_summary.csv` row (aggregation R: mean over rows of per-row rounded fractions)."""
     targets = rows["target"].drop_duplicates()
-    ast, blt = rows[rows["concept_type"] == "ast"], rows[rows["concept_type"] == "builtin"]
+    kind = rows["target"].map(concept_type)
+    ast, blt = rows[kind == "ast"], rows[kind == "builtin"]
     summary = {
         "epsilon": float(epsilon), "consistency": float(consistency),
         "n_testable": int(len(targets)),

@@ -19,7 +19,6 @@ Same input -> byte-identical parquet files and README (no timestamps, no absolut
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -34,13 +33,15 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
-from builder_utils import layout
+from builder_utils import layout, manifest
 
 BUILDER_SCRIPT = Path(__file__).resolve().parents[1] / "CSP-Atlas.py"
 DATASET_NAME = "csp_atlas"              # prefix datasets gives the shards; renamed away
 SPLIT = "train"
 DATA_DIR = "data"
 DEFAULT_MAX_SHARD_SIZE = "500MB"        # datasets' own default (uncompressed Arrow bytes per shard)
+# datasets writes snappy; zstd makes the mask configs about 45% smaller (benchmarks/bench_export.py).
+PARQUET_COMPRESSION = "zstd"
 STAGING = ".export-tmp"                 # inside out_dir, so the final renames stay on one filesystem
 REPO_ID = "piotrwilam/CSP-Atlas"
 PRETTY_NAME = "CSP-Atlas: Concept-Specific Neural Circuits in a Sparse Python Transformer"
@@ -62,6 +63,7 @@ class ConfigExport:
     parquet_bytes: int
     source_bytes: int
     seconds: float
+    cpu_seconds: float
 
 
 @dataclass
@@ -81,6 +83,10 @@ class ExportReport:
             ratio = c.source_bytes / c.parquet_bytes if c.parquet_bytes else float("nan")
             lines.append(f"  {c.name:<36} {c.num_rows:>9,} {_size(c.parquet_bytes):>10} {_size(c.source_bytes):>10} "
                          f"{ratio:>6.1f}x {c.seconds:>6.2f}")
+        if self.written:
+            parquet, seconds = sum(c.parquet_bytes for c in self.written), sum(c.seconds for c in self.written)
+            lines.append(f"  {'total':<36} {sum(c.num_rows for c in self.written):>9,} {_size(parquet):>10} "
+                         f"{'':>10} {'':>7} {seconds:>6.1f}")
         for name, why in self.skipped.items():
             lines.append(f"  skipped {name}: {why}")
         return "\n".join(lines)
@@ -103,7 +109,7 @@ def load_builder_module(path: Union[str, os.PathLike] = BUILDER_SCRIPT) -> Modul
         raise layout.AtlasFileError(path, "builder script not found")
     spec = importlib.util.spec_from_file_location("csp_atlas_builder", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module     # dataclasses resolve the config's annotations through sys.modules
+    sys.modules[spec.name] = module     # datasets re-imports a builder's module by name (streaming patches)
     spec.loader.exec_module(module)
     return module
 
@@ -180,7 +186,7 @@ def export_hub(raw_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
 def _export_config(module: ModuleType, cfg, raw_dir: Path, out_dir: Path, stage: Path,
                    max_shard_size: Union[int, str]) -> ConfigExport:
     """Build one config into the staging area, then swap it into `out_dir/data/<config>`."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     prepared = stage / cfg.name
     builder = module.CSPAtlas(config_name=cfg.name, data_dir=str(raw_dir), cache_dir=str(stage / "cache"),
                               dataset_name=DATASET_NAME)
@@ -196,14 +202,27 @@ def _export_config(module: ModuleType, cfg, raw_dir: Path, out_dir: Path, stage:
     final = stage / f"{cfg.name}.final"
     final.mkdir()
     for i, shard in enumerate(shards):
-        os.replace(shard, final / f"{SPLIT}-{i:05d}-of-{len(shards):05d}.parquet")
+        recompress(shard, final / f"{SPLIT}-{i:05d}-of-{len(shards):05d}.parquet")
     dest = out_dir / DATA_DIR / cfg.name
     _replace_dir(final, dest)
     shutil.rmtree(prepared)
     files = sorted(dest.iterdir())
     return ConfigExport(cfg.name, cfg.source, [p.relative_to(out_dir).as_posix() for p in files],
                         builder.info.splits[SPLIT].num_examples, sum(p.stat().st_size for p in files),
-                        (raw_dir / cfg.source).stat().st_size, time.perf_counter() - t0)
+                        (raw_dir / cfg.source).stat().st_size, time.perf_counter() - t0, time.process_time() - cpu0)
+
+
+def recompress(src: Path, dst: Path) -> None:
+    """Copy a parquet file as zstd: same schema (with its features metadata), row groups and page index.
+
+    Content-defined chunking (datasets' default, for deduplication on the Hub) is dropped: its small
+    pages cost a third more bytes on the mask configs, and an unchanged export re-uploads nothing anyway.
+    """
+    source = pq.ParquetFile(src)
+    with pq.ParquetWriter(dst, source.schema_arrow, compression=PARQUET_COMPRESSION, write_page_index=True) as writer:
+        for i in range(source.num_row_groups):
+            writer.write_table(source.read_row_group(i))
+    os.remove(src)
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
@@ -217,8 +236,10 @@ def _replace_dir(new: Path, dest: Path) -> None:
 
 
 def link_raw_files(raw_dir: Path, out_dir: Path) -> list[str]:
-    """Hard-link (else copy) every raw release file present into `out_dir` under its release name."""
+    """Mirror the raw release files into `out_dir` under their release names: hard links, else copies."""
     names = [n for n in RAW_FILES if (raw_dir / n).is_file()]
+    for name in set(RAW_FILES) - set(names):       # gone from the raw folder: not part of this release
+        (out_dir / name).unlink(missing_ok=True)
     for name in names:
         src, dst = raw_dir / name, out_dir / name
         if dst.exists() and os.path.samefile(src, dst):
@@ -261,21 +282,12 @@ def _configs_on_disk(out_dir: Path, module: ModuleType) -> list[_CardConfig]:
 def write_card(out_dir: Path, module: ModuleType) -> list[str]:
     """Write `out_dir/README.md` for the configs found on disk; returns their names (card order)."""
     found = _configs_on_disk(out_dir, module)
-    manifest = _read_manifest(out_dir / layout.MANIFEST)
+    record = manifest.read_manifest(out_dir) if (out_dir / layout.MANIFEST).is_file() else None
     raw_files = [n for n in RAW_FILES if (out_dir / n).is_file()]
-    text = render_card(found, module, manifest, {n: (out_dir / n).stat().st_size for n in raw_files})
+    text = render_card(found, module, record, {n: (out_dir / n).stat().st_size for n in raw_files})
     with layout.atomic_output(out_dir / "README.md") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return [c.cfg.name for c in found]
-
-
-def _read_manifest(path: Path) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise layout.AtlasFileError(path, f"not valid JSON: {exc}") from None
 
 
 def card_metadata(found: list[_CardConfig], module: ModuleType) -> dict:
@@ -379,7 +391,7 @@ def _column_doc(name: str) -> str:
     return COLUMN_DOCS.get(name, "").replace("|", "\\|")     # a bare | would end the table cell
 
 
-def render_card(found: list[_CardConfig], module: ModuleType, manifest: Optional[dict],
+def render_card(found: list[_CardConfig], module: ModuleType, record: Optional[dict],
                 raw_sizes: dict[str, int]) -> str:
     meta = yaml.safe_dump(card_metadata(found, module), sort_keys=False, allow_unicode=True, width=1000)
     default = module.DEFAULT_CONFIG
@@ -410,22 +422,22 @@ def render_card(found: list[_CardConfig], module: ModuleType, manifest: Optional
         out.append("| file | size |\n|---|---:|")
         out += [f"| `{n}` | {_size(s)} |" for n, s in raw_sizes.items()]
         out.append("")
-    out.append(_provenance(manifest))
+    out.append(_provenance(record))
     out.append(_WHY_PARQUET)
     out.append(f"## Citation\n\n```bibtex\n{module._CITATION.strip()}\n```\n")
     out.append(_LICENSE_TEXT)
     return "\n".join(out)
 
 
-def _provenance(manifest: Optional[dict]) -> str:
+def _provenance(record: Optional[dict]) -> str:
     lines = ["## Provenance\n",
              "The rows are produced by the `CSP-Atlas.py` builder of the code repository, run by "
              "`scripts/export_hub.py RAW_DIR OUT_DIR` over the raw release folder."]
-    if manifest is None:
+    if record is None:
         lines.append("No `atlas_manifest.json` was found with the raw files, so this export records no "
                      "build provenance.\n")
         return "\n".join(lines)
-    build = manifest.get("build", {}) if isinstance(manifest, dict) else {}
+    build = record.get("build", {})
     model = build.get("model", {})
     if model.get("source") == "hub":
         lines.append(f"\n- Model: `{model.get('id')}` (revision `{model.get('revision', 'unknown')}`)")

@@ -29,9 +29,13 @@ What is planted (channel regions never overlap inside one unit, so sets simply a
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +93,8 @@ class PlantedUnits:
 
 @dataclass
 class FixtureInfo:
+    """Everything `write_fixture_atlas` planted: enough to derive every stage-13/14 answer by hand."""
+
     root: Path
     seed: int
     width: int
@@ -153,13 +159,13 @@ def fixture_pairs(n_pairs: int | None = None, seed: int = 0) -> tuple[list[tuple
     if n_pairs < len(isolated):
         raise ValueError(f"n_pairs must be >= {len(isolated)} (the isolated pairs are always kept), got {n_pairs}")
     chosen = list(isolated)
-    seen_ast, seen_blt = {a for a, _ in chosen}, {ISOLATED}
+    seen_ast = {a for a, _ in chosen}
     rest = [kept[i] for i in rng.permutation(len(kept)) if kept[i][1] != ISOLATED]
     for blt in rng.permutation(sorted({b for _, b in rest})):        # one pair per builtin, new AST nodes first
         options = [p for p in rest if p[1] == blt]
         fresh = [p for p in options if p[0] not in seen_ast]
         chosen.append((fresh or options)[0])
-        seen_ast.add(chosen[-1][0]); seen_blt.add(blt)
+        seen_ast.add(chosen[-1][0])
     for ast_node in sorted({a for a, _ in rest} - seen_ast):
         chosen.append(next(p for p in rest if p[0] == ast_node))
     chosen_set = set(chosen)
@@ -297,7 +303,9 @@ def _short_counts(rng, keys: list[str], shortfall: int) -> dict[str, int]:
     short = rng.choice(len(keys), N_SHORT_OBJECTS, replace=False)
     parts = 1 + rng.multinomial(shortfall - N_SHORT_OBJECTS, [1 / N_SHORT_OBJECTS] * N_SHORT_OBJECTS)
     for i, s in zip(short, parts):
-        counts[keys[i]] = max(MIN_PROMPTS, CHECKER_TARGET - int(s))
+        counts[keys[i]] = CHECKER_TARGET - int(s)
+    if min(counts.values()) < MIN_PROMPTS:
+        raise ValueError(f"a shortfall of {shortfall} over {N_SHORT_OBJECTS} objects leaves one below {MIN_PROMPTS}")
     return counts
 
 
@@ -428,6 +436,19 @@ def write_fixture_atlas(root: os.PathLike | str, *, n_pairs: int | None = None, 
     if derived:
         run_derived_stages(info)
     return info
+
+
+@functools.lru_cache(maxsize=4)
+def shared_fixture_atlas(*, n_pairs: int | None = None, width: int = 64, n_layers: int = layout.N_LAYERS,
+                         n_prompts: int = 50, seed: int = 0) -> FixtureInfo:
+    """A derived fixture atlas written once per process (a temporary folder, removed at exit).
+
+    For test modules that only READ it, so several can share one build; never modify its files.
+    """
+    root = Path(tempfile.mkdtemp(prefix="csp-atlas-fixture-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return write_fixture_atlas(root / "raw", n_pairs=n_pairs, width=width, n_layers=n_layers,
+                               n_prompts=n_prompts, seed=seed)
 
 
 def _write(info: FixtureInfo, path: Path, writer) -> None:

@@ -21,15 +21,18 @@ Everything is vectorised over units, layers and channels. Two exact rewrites mak
   patterns), and the 21 M sums are compared without dividing them for every setting.
 * likewise `fl32(count / n) >= C` ⇔ `count >= k`, with k the smallest such count.
 
-Marginalisation ANDs bit-packed masks with one `bitwise_and.reduceat` per concept kind.
+The sweep works through cache-sized blocks of units on all cores. Marginalisation ANDs
+bit-packed masks with one `bitwise_and.reduceat` per concept kind; Jaccard counts by popcount.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -49,6 +52,7 @@ TOKEN_CHECKER_N_TARGET = 50
 
 _FLOAT32_INF_BITS = 0x7F800000   # bit pattern of +inf; non-negative float32 bit patterns sort like their values
 _BLOCK_ELEMENTS = 1 << 18         # (unit, layer, channel) values per block of the sweep: ~1 MB of float32
+_THREADS = min(4, os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -88,8 +92,8 @@ def count_cutoffs(n_prompts: np.ndarray, consistency: float) -> np.ndarray:
 def threshold_sweep(acts: Activations, settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, MaskStack]:
     """Masks of every unit at every (ε, C) setting.
 
-    Works through blocks of units small enough to stay in cache: each distinct ε and C is
-    compared once per block into reused buffers, and each setting is one AND of the two.
+    Works through blocks of units small enough to stay in cache (on all cores: numpy releases
+    the GIL): each distinct ε and C is compared once per block, each setting is one AND of the two.
     """
     settings = list(dict.fromkeys((float(e), float(c)) for e, c in settings))
     for e, c in settings:
@@ -102,20 +106,19 @@ def threshold_sweep(acts: Activations, settings: Iterable[Setting] = layout.SETT
     mean_cut = {e: mean_cutoffs(n, e)[:, None, None] for e in dict.fromkeys(e for e, _ in settings)}
     count_cut = {c: count_cutoffs(n, c).astype(counts.dtype)[:, None, None]
                  for c in dict.fromkeys(c for _, c in settings)}
-    out = {s: np.empty(sums.shape, bool) for s in settings}
-    per_unit = max(1, sums[0].size if len(sums) else 1)
-    step = max(1, _BLOCK_ELEMENTS // per_unit)
-    mean_pass = {e: np.empty((step,) + sums.shape[1:], bool) for e in mean_cut}
-    rate_pass = {c: np.empty((step,) + sums.shape[1:], bool) for c in count_cut}
-    for lo in range(0, len(sums), step):
-        hi = min(lo + step, len(sums))
-        for e, cut in mean_cut.items():
-            np.greater(sums[lo:hi], cut[lo:hi], out=mean_pass[e][: hi - lo])
-        for c, cut in count_cut.items():
-            np.greater_equal(counts[lo:hi], cut[lo:hi], out=rate_pass[c][: hi - lo])
-        for e, c in settings:
-            np.logical_and(mean_pass[e][: hi - lo], rate_pass[c][: hi - lo], out=out[(e, c)][lo:hi])
-    return {s: MaskStack(list(acts.keys), m) for s, m in out.items()}
+    out = np.empty((len(settings),) + sums.shape, bool)            # one allocation for all settings' masks
+
+    def one_block(lo: int) -> None:
+        hi = lo + step
+        mean_pass = {e: np.greater(sums[lo:hi], cut[lo:hi]) for e, cut in mean_cut.items()}
+        rate_pass = {c: np.greater_equal(counts[lo:hi], cut[lo:hi]) for c, cut in count_cut.items()}
+        for i, (e, c) in enumerate(settings):
+            np.logical_and(mean_pass[e], rate_pass[c], out=out[i, lo:hi])
+
+    step = max(1, _BLOCK_ELEMENTS // max(1, sums[0].size if len(sums) else 1))
+    with ThreadPoolExecutor(_THREADS) as pool:
+        list(pool.map(one_block, range(0, len(sums), step)))
+    return {s: MaskStack(list(acts.keys), out[i]) for i, s in enumerate(settings)}
 
 
 def threshold_masks(acts: Activations, epsilon: float, consistency: float) -> MaskStack:
@@ -139,27 +142,35 @@ def _unpack(words: np.ndarray, width: int) -> np.ndarray:
     return np.unpackbits(words.view(np.uint8), axis=-1, count=width).view(bool)
 
 
-def _and_by_group(words: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """AND the rows of `words` that share a label; returns the sorted labels and one row per label."""
+def _runs(labels: list[str]) -> tuple[list[str], np.ndarray | None, np.ndarray]:
+    """Sorted distinct labels, the row order that makes each label's rows contiguous (None if they
+    already are), and where each label's run starts."""
     names = sorted(set(labels))
     index = {g: i for i, g in enumerate(names)}
     group = np.fromiter((index[g] for g in labels), dtype=np.int64, count=len(labels))
     order = np.argsort(group, kind="stable")
     starts = np.searchsorted(group[order], np.arange(len(names)))
-    rows = words if (order == np.arange(len(order))).all() else words[order]
-    return names, np.bitwise_and.reduceat(rows, starts, axis=0)
+    return names, (None if (order == np.arange(len(order))).all() else order), starts
+
+
+@functools.lru_cache(maxsize=8)
+def _concept_runs(pair_keys: tuple[str, ...]) -> list[tuple[str, list[str], np.ndarray | None, np.ndarray]]:
+    """Per concept kind: (kind, names, order, starts) over the pair keys. Cached: a sweep
+    marginalises the same keys at every setting."""
+    split = [split_pair_key(k) for k in pair_keys]
+    return [("ast", *_runs([a for a, _ in split])), ("builtin", *_runs([b for _, b in split]))]
 
 
 def marginalise(pairs: MaskStack) -> MaskStack:
     """Universal masks `ast__X` (AND over X's present pairs) and `builtin__Y` (AND over Y's present pairs)."""
     if not pairs.keys:
         return MaskStack([], np.zeros((0,) + pairs.masks.shape[1:], bool))
-    split = [split_pair_key(k) for k in pairs.keys]
     words = _pack(pairs.masks)
-    ast_names, ast_words = _and_by_group(words, [a for a, _ in split])
-    blt_names, blt_words = _and_by_group(words, [b for _, b in split])
-    keys = [concept_key("ast", a) for a in ast_names] + [concept_key("builtin", b) for b in blt_names]
-    return MaskStack(keys, _unpack(np.concatenate([ast_words, blt_words]), pairs.width))
+    keys, anded = [], []
+    for kind, names, order, starts in _concept_runs(tuple(pairs.keys)):
+        keys += [concept_key(kind, n) for n in names]
+        anded.append(np.bitwise_and.reduceat(words if order is None else words[order], starts, axis=0))
+    return MaskStack(keys, _unpack(np.concatenate(anded), pairs.width))
 
 
 # ----------------------------------------------------------------------------- Jaccard metrics

@@ -147,16 +147,12 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
     matrix = object_prompts.build_concept_matrix()
     pairs = [(a, b) for a, b in matrix
              if (p.ast_nodes is None or a in p.ast_nodes) and (p.builtins is None or b in p.builtins)]
-    # Generate the release's full stream, then select: the selected texts equal the release's texts.
-    all_candidates = object_prompts.generate_candidates(matrix, n_generate=50, seed=p.seed)
-    selected = set(pairs)
-    candidates = all_candidates[[(a, b) in selected for a, b in zip(all_candidates.ast_node,
-                                                                   all_candidates.builtin_obj)]]
-    candidates = candidates[candidates.variation_id < p.n_generate].reset_index(drop=True)
+    # The release's own texts for the selected pairs (the full stream is generated, then selected).
+    candidates = object_prompts.release_candidates(pairs, per_pair=p.n_generate, seed=p.seed)
     checker_objects = sorted(k for k in KEYWORD_MAP if _in_preset(k, p))
 
     if model_ref is None:
-        texts = list(all_candidates.prompt_text)
+        texts = list(object_prompts.release_candidates(matrix, seed=p.seed).prompt_text)
         for variant in ("11B", "5A"):
             texts += [c[3] for c in checker_prompts.raw_candidates(variant)]
         params = {"seed": p.model_seed, "n_texts": len(texts)}

@@ -295,45 +295,39 @@ def _shared_reads():
 
 
 def _validate(atlas: _Atlas, report: ValidationReport, parquet: bool) -> None:
-    root = atlas.root
     _load_manifest(atlas, report)
-
-    steps: list[tuple[str, list[str], Callable]] = []
-    expected = _expected_files(atlas)
-    h5_present = [n for n in H5_FILES if atlas.has(n)]
-    tables_present = [n for n in TABLE_COLUMNS if atlas.has(n)]
-    steps.append(("presence", expected, check_presence))
-    steps.append(("checksum", [a["name"] for a in (atlas.manifest or {}).get("artifacts", [])]
-                  if atlas.manifest is not None else [layout.MANIFEST], check_checksum))
-    steps.append(("hdf5_structure", h5_present, check_hdf5_structure))
-    steps.append(("table_schema", tables_present, check_table_schema))
-    steps.append(("finite", h5_present + tables_present, check_finite))
-    steps.append(("duplicates", [n for n in UNIT_COLUMNS if atlas.has(n)], check_duplicates))
-    # Prompt tables first: the counts of every HDF5 file are checked against them.
-    steps.append(("counts", [n for n in list(UNIT_COLUMNS) + list(H5_FILES) if atlas.has(n)], check_counts))
-    steps.append(("metadata_setting", [n for n, k in H5_FILES.items() if k != "activations" and atlas.has(n)],
-                  check_metadata_setting))
-    steps.append(("thresholds", [n for n in ACTIVATIONS_FOR if atlas.has(n)], check_thresholds))
-    obj = [layout.object_masks_name(e, c) for e, c in layout.SETTINGS if atlas.has(layout.object_masks_name(e, c))]
-    steps.append(("marginalisation", obj, check_marginalisation))
-    steps.append(("jaccard_metrics", obj, check_jaccard_metrics))
-    steps.append(("decomposition", [layout.target_checker_name(e, c) for e, c in layout.SETTINGS
-                                    if atlas.has(layout.target_checker_name(e, c))], check_decomposition))
-    steps.append(("summary", atlas.present([layout.SUMMARY]), check_summary))
-    steps.append(("modularity", atlas.present([layout.MODULARITY_SCORES, layout.MODULARITY_DETAIL]),
-                  check_modularity))
-    steps.append(("token_independence", atlas.present([layout.TOKEN_INDEPENDENCE_SUMMARY,
-                                                       layout.TOKEN_INDEPENDENCE_DETAIL,
-                                                       layout.TOKEN_INDEPENDENCE_NO_KEYWORD]),
-                  check_token_independence))
-
+    has = atlas.present
+    h5, tables = has(H5_FILES), has(TABLE_COLUMNS)
+    object_masks = has(layout.object_masks_name(e, c) for e, c in layout.SETTINGS)
+    checksummed = ([a["name"] for a in atlas.manifest["artifacts"]] if atlas.manifest is not None
+                   else [layout.MANIFEST])          # one "skipped: no manifest" line
+    steps = [
+        ("presence", _expected_files(atlas), check_presence),
+        ("checksum", checksummed, check_checksum),
+        ("hdf5_structure", h5, check_hdf5_structure),
+        ("table_schema", tables, check_table_schema),
+        ("finite", h5 + tables, check_finite),
+        ("duplicates", has(UNIT_COLUMNS), check_duplicates),
+        # Prompt tables first: the counts of every HDF5 file are checked against them.
+        ("counts", has(list(UNIT_COLUMNS) + list(H5_FILES)), check_counts),
+        ("metadata_setting", has(n for n, kind in H5_FILES.items() if kind != "activations"),
+         check_metadata_setting),
+        ("thresholds", has(ACTIVATIONS_FOR), check_thresholds),
+        ("marginalisation", object_masks, check_marginalisation),
+        ("jaccard_metrics", object_masks, check_jaccard_metrics),
+        ("decomposition", has(layout.target_checker_name(e, c) for e, c in layout.SETTINGS), check_decomposition),
+        ("summary", has([layout.SUMMARY]), check_summary),
+        ("modularity", has([layout.MODULARITY_SCORES, layout.MODULARITY_DETAIL]), check_modularity),
+        ("token_independence", has([layout.TOKEN_INDEPENDENCE_SUMMARY, layout.TOKEN_INDEPENDENCE_DETAIL,
+                                    layout.TOKEN_INDEPENDENCE_NO_KEYWORD]), check_token_independence),
+    ]
     for name, files, fn in steps:
         for f in files:
             _run(atlas, report, name, f, fn)
         if name == "hdf5_structure":
             _check_widths(atlas, report)
 
-    if parquet and (root / DATA_DIR).is_dir():
+    if parquet and (atlas.root / DATA_DIR).is_dir():
         _run_parquet_checks(atlas, report)
     elif parquet:
         report.notes.append(f"no {DATA_DIR}/ folder: a raw release folder, parquet configs not checked")

@@ -6,6 +6,7 @@ never from the extractor itself.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 
 from builder_utils import layout
 from builder_utils.activations import (ExtractionError, checkpoint_path_for, extract_activations, extract_to_file)
-from builder_utils.models import build_mini_model, load_model_and_tokenizer
+from builder_utils.models import build_mini_model, find_mlp_modules, load_model_and_tokenizer
 
 N_LAYERS = 2
 _TEMPLATES = [
@@ -39,10 +40,14 @@ def _corpus() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    path = build_mini_model(tmp_path_factory.mktemp("mini2") / "model", _corpus(), seed=0, n_layer=N_LAYERS,
+def mini_path(tmp_path_factory) -> Path:
+    return build_mini_model(tmp_path_factory.mktemp("mini2") / "model", _corpus(), seed=0, n_layer=N_LAYERS,
                             n_embd=32, n_head=2, vocab_size=512)
-    return load_model_and_tokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def mini(mini_path):
+    return load_model_and_tokenizer(mini_path)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +94,7 @@ def test_last_mode_reads_each_prompts_true_last_token(mini, units, padding_side,
     assert list(acts.n_prompts) == [len(units[k]) for k in acts.keys]
     expected = _expected_sums(model, tok, units)
     for i, key in enumerate(acts.keys):
-        np.testing.assert_allclose(acts.activation_sum[i], expected[key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(acts.activation_sum[i], expected[key], rtol=1e-4, atol=1e-5)
     # GPT-2's MLP output is dense: every channel fires on every prompt
     assert (acts.firing_count == acts.n_prompts[:, None, None]).all()
 
@@ -98,7 +103,7 @@ def test_last_mode_result_does_not_depend_on_batching(mini, units):
     model, tok = mini
     a = extract_activations(model, tok, units, batch_size=2, progress=False)
     b = extract_activations(model, tok, units, batch_size=64, padding_side="left", progress=False)
-    np.testing.assert_allclose(a.activation_sum, b.activation_sum, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.activation_sum, b.activation_sum, rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- `reference` mode
@@ -124,7 +129,7 @@ def test_reference_mode_reads_the_positions_the_release_read(mini):
         _last_vectors(model, [eos] * (L - mid_n) + _ids(tok, mid)[: 2 * mid_n - L]),  # token 2n - L - 1
     ]
     acts = extract_activations(model, tok, {"u": [longest, short, mid]}, position="reference", progress=False)
-    np.testing.assert_allclose(acts.activation_sum[0], sum(np.abs(r) for r in expected_rows), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acts.activation_sum[0], sum(np.abs(r) for r in expected_rows), rtol=1e-4, atol=1e-5)
     # and it is not what the true last tokens give
     true_last = sum(np.abs(_last_vectors(model, _ids(tok, p))) for p in (longest, short, mid))
     assert not np.allclose(acts.activation_sum[0], true_last, rtol=1e-3)
@@ -133,7 +138,7 @@ def test_reference_mode_reads_the_positions_the_release_read(mini):
     sliced = extract_activations(model, tok, {"u": [longest, short, mid]}, position="reference", batch_size=2,
                                  progress=False)
     expected = np.abs(expected_rows[0]) + np.abs(expected_rows[1]) + np.abs(_last_vectors(model, _ids(tok, mid)))
-    np.testing.assert_allclose(sliced.activation_sum[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sliced.activation_sum[0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_reference_mode_cannot_pad_right(mini, units):
@@ -224,7 +229,7 @@ def test_extract_to_file_writes_the_release_layout(mini, tmp_path):
     assert back.attrs["n_layers"] == N_LAYERS and back.attrs["n_pairs"] == 4
     # rows of a unit keep table order; the sums equal independent single-prompt passes
     expected = np.abs(_last_vectors(model, _ids(tok, t[1]))) + np.abs(_last_vectors(model, _ids(tok, t[4])))
-    np.testing.assert_allclose(back.activation_sum[2], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(back.activation_sum[2], expected, rtol=1e-4, atol=1e-5)
     assert not checkpoint_path_for(out).exists()
 
 
@@ -288,7 +293,7 @@ def test_model_without_mlp_modules_is_refused(mini, units):
             return self.head(self.emb(input_ids))
 
     with pytest.raises(ValueError, match="no module named .*mlp"):
-        extract_activations(NoMLP(), mini[1], units, progress=False)
+        extract_activations(NoMLP().eval(), mini[1], units, progress=False)
 
 
 def test_prompt_longer_than_the_context_is_named(tmp_path):
@@ -297,3 +302,54 @@ def test_prompt_longer_than_the_context_is_named(tmp_path):
     model, tok = load_model_and_tokenizer(path)
     with pytest.raises(ExtractionError, match="'long'.* at most 64"):
         extract_activations(model, tok, {"long": ["x = 1\n" * 100], "ok": ["pass"]}, progress=False)
+
+
+def test_a_model_in_training_mode_is_refused(mini, units):
+    model, tok = mini
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="training mode"):
+            extract_activations(model, tok, units, progress=False)
+    finally:
+        model.eval()
+
+
+# ----------------------------------------------------------------------------- the CLIs
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_extracts_every_prompt_table_in_a_folder(mini, mini_path, tmp_path):
+    t = _TEMPLATES
+    layout.write_table(pd.DataFrame({"ast_node": ["For", "For", "Import"], "builtin_obj": ["list", "list", "_isolated_"],
+                                     "variation_id": [0, 1, 0], "prompt_text": [t[1], t[4], t[3]]}),
+                       tmp_path / layout.OBJECT_PROMPTS)
+    layout.write_table(pd.DataFrame({"object": ["ast__Import", "builtin__len"], "keyword": ["import", "len"],
+                                     "variation_id": [0, 0], "prompt_text": [t[0], t[8]]}),
+                       tmp_path / layout.CHECKER_PROMPTS)
+    cli = _load_script("extract_activations")
+    assert cli.main(["--data-dir", str(tmp_path), "--model", str(mini_path), "--no-progress"]) == 0
+    obj = layout.read_activations(tmp_path / layout.OBJECT_ACTIVATIONS)
+    chk = layout.read_activations(tmp_path / layout.CHECKER_ACTIVATIONS)
+    assert not (tmp_path / layout.TOKEN_CHECKER_ACTIVATIONS).exists()
+    assert obj.keys == ["For__list", "Import___isolated_"] and chk.keys == ["ast__Import", "builtin__len"]
+    assert obj.attrs["model_id"] == str(mini_path) and obj.attrs["input_file"] == layout.OBJECT_PROMPTS
+    model, tok = mini
+    expected = np.abs(_last_vectors(model, _ids(tok, t[0])))
+    np.testing.assert_allclose(chk.activation_sum[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_builds_a_mini_model_from_a_prompt_table(tmp_path):
+    layout.write_table(pd.DataFrame({"object": ["a"] * len(_corpus()), "prompt_text": _corpus()}),
+                       tmp_path / layout.CHECKER_PROMPTS)
+    cli = _load_script("make_mini_model")
+    out = tmp_path / "model"
+    assert cli.main(["--out", str(out), "--data-dir", str(tmp_path), "--n-layer", "2", "--n-embd", "16",
+                     "--n-head", "2", "--vocab-size", "300"]) == 0
+    model, tok = load_model_and_tokenizer(out)
+    assert len(find_mlp_modules(model)) == 2 and len(tok) == 300 and tok.eos_token_id == 299

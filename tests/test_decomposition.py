@@ -27,8 +27,9 @@ SETTINGS = list(layout.SETTINGS)
 
 
 @pytest.fixture(scope="module")
-def atlas(tmp_path_factory):
-    return fixtures.write_fixture_atlas(tmp_path_factory.mktemp("decomp") / "raw", n_pairs=80, width=32, seed=3)
+def atlas():
+    """The planted atlas shared with test_masks (read only): all 106 concepts, 80 pairs, width 32."""
+    return fixtures.shared_fixture_atlas(n_pairs=80, width=32, seed=3)
 
 
 def planted_counts(info: fixtures.FixtureInfo, setting) -> dict[tuple[str, int], tuple[int, int, int, int, int]]:

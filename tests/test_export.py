@@ -388,6 +388,7 @@ def test_missing_optional_files_skip_their_configs(tiny_raw_atlas, tmp_path):
     assert sorted(report.skipped) == ["object_activations", "token_checker_masks", "token_independence_detail"]
     assert layout.OBJECT_ACTIVATIONS in report.skipped["object_activations"]
     assert not (out / "data" / "object_activations").exists()         # the stale export is gone
+    assert not (out / layout.OBJECT_ACTIVATIONS).exists() and (out / layout.SUMMARY).is_file()
     assert datasets.get_dataset_config_names(str(out)) == ["checker_masks_eps0.5_cons0.8", "summary"]
     # Without 12_checker_activations.h5 the checker masks' prompt counts are unknown: null, not invented.
     assert set(load(out, "checker_masks_eps0.5_cons0.8")["n_prompts"]) == {None}

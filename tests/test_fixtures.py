@@ -159,21 +159,21 @@ def test_activation_file_metadata(small):
 
 
 def test_same_seed_same_atlas(tmp_path):
-    a = fixtures.write_fixture_atlas(tmp_path / "a", n_pairs=6, width=32, seed=9, derived=False)
-    b = fixtures.write_fixture_atlas(tmp_path / "b", n_pairs=6, width=32, seed=9, derived=False)
+    a = fixtures.write_fixture_atlas(tmp_path / "a", n_pairs=6, width=32, n_layers=2, seed=9, derived=False)
+    b = fixtures.write_fixture_atlas(tmp_path / "b", n_pairs=6, width=32, n_layers=2, seed=9, derived=False)
     for name in (layout.OBJECT_ACTIVATIONS, layout.CHECKER_ACTIVATIONS, layout.TOKEN_CHECKER_ACTIVATIONS):
         x, y = layout.read_activations(tmp_path / "a" / name), layout.read_activations(tmp_path / "b" / name)
         np.testing.assert_array_equal(x.activation_sum, y.activation_sum)
         np.testing.assert_array_equal(x.firing_count, y.firing_count)
     np.testing.assert_array_equal(a.objects.mean_level, b.objects.mean_level)
-    c = fixtures.write_fixture_atlas(tmp_path / "c", n_pairs=6, width=32, seed=10, activations=False,
+    c = fixtures.write_fixture_atlas(tmp_path / "c", n_pairs=6, width=32, n_layers=2, seed=10, activations=False,
                                      derived=False)
     assert not (tmp_path / "c" / layout.OBJECT_ACTIVATIONS).exists()
     assert not np.array_equal(a.objects.mean_level, c.objects.mean_level)
 
 
 def test_derived_run_writes_every_release_file(tmp_path):
-    info = fixtures.write_fixture_atlas(tmp_path, n_pairs=6, width=32, seed=1)
+    info = fixtures.write_fixture_atlas(tmp_path, n_pairs=6, width=32, n_layers=5, seed=1)   # 5: Jaccard uses L4
     names = set(layout.release_file_names()) | {layout.TOKEN_CHECKER_ACTIVATIONS, layout.OBJECT_PROMPT_STATS}
     assert {p.name for p in tmp_path.iterdir()} == names
     assert {p.name for p in info.files} == names and info.notes == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -52,15 +53,13 @@ def expected_universals(info: fixtures.FixtureInfo, setting) -> dict[str, list[s
             for c, ps in members.items()}
 
 
+# The planted atlas shared with test_decomposition (read only): all 106 concepts, 80 pairs, width 32.
+SHARED = dict(n_pairs=80, width=32, seed=3)
+
+
 @pytest.fixture(scope="module")
-def atlas(tmp_path_factory):
-    """A planted atlas covering all 106 concepts (80 pairs, width 32) with its stage-13 files."""
-    info = fixtures.write_fixture_atlas(tmp_path_factory.mktemp("masks") / "raw", n_pairs=80, width=32,
-                                        derived=False)
-    masks.build_object_masks(info.root)
-    masks.build_checker_masks(info.root)
-    masks.build_token_checker_masks(info.root)
-    return info
+def atlas():
+    return fixtures.shared_fixture_atlas(**SHARED)
 
 
 @pytest.fixture(scope="module")
@@ -351,19 +350,22 @@ def test_token_checker_mask_file(atlas):
 # ----------------------------------------------------------------------------- resume and bad input
 
 
-def test_resume_skips_current_files_and_rebuilds_stale_ones(atlas):
-    out = atlas.root / layout.checker_masks_name(0.5, 0.8)
-    src = atlas.root / layout.CHECKER_ACTIVATIONS
+def test_resume_skips_current_files_and_rebuilds_stale_ones(atlas, tmp_path):
+    src = tmp_path / layout.CHECKER_ACTIVATIONS
+    shutil.copy(atlas.root / layout.CHECKER_ACTIVATIONS, src)
+    out = tmp_path / layout.checker_masks_name(0.5, 0.8)
+    masks.build_checker_masks(tmp_path, [(0.5, 0.8)])
     os.utime(out, (src.stat().st_mtime + 10, src.stat().st_mtime + 10))
     before = out.stat().st_mtime_ns
-    masks.build_checker_masks(atlas.root, [(0.5, 0.8)])
+    masks.build_checker_masks(tmp_path, [(0.5, 0.8)])
     assert out.stat().st_mtime_ns == before                              # current: skipped
     os.utime(out, (src.stat().st_mtime - 10, src.stat().st_mtime - 10))  # older than its input: stale
-    masks.build_checker_masks(atlas.root, [(0.5, 0.8)])
+    masks.build_checker_masks(tmp_path, [(0.5, 0.8)])
     assert out.stat().st_mtime_ns != before
     mid = out.stat().st_mtime_ns
-    masks.build_checker_masks(atlas.root, [(0.5, 0.8)], resume=False)
+    masks.build_checker_masks(tmp_path, [(0.5, 0.8)], resume=False)
     assert out.stat().st_mtime_ns != mid
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, out.name])    # no temp leftovers
     np.testing.assert_array_equal(layout.read_checker_masks(out).masks.masks,
                                   atlas.checkers.planted_masks(0.5, 0.8))
 
