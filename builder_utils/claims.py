@@ -410,11 +410,11 @@ class AtlasLocation:
         return legacy if legacy.is_file() else self.root / layout.object_masks_name(*layout.TOKEN_CHECKER_SETTING)
 
     def describe(self) -> str:
-        lines = [f"atlas: {self.root}", f"  found: {self.source}"]
+        lines = [f"atlas: {_shown_path(self.root)}", f"  found: {self.source}"]
         lines += [f"  note: {n}" for n in self.notes]
         s = self.status
         lines.append(f"  pairs: {s.n_pairs}, object prompts: {s.n_object_prompts}, model: {s.model_id or 'unknown'}")
-        lines.append(f"  export (load_dataset-ready): {self.export_dir or 'no (raw files only)'}")
+        lines.append(f"  export (load_dataset-ready): {'yes' if self.export_dir else 'no (raw files only)'}")
         lines.append(f"  activations present: {self.has_activations}")
         lines.append(("  GOLDEN CHECKS ON — this is the release: " if s.release else
                       "  comparison only — not the release: ") + s.reason)
@@ -422,6 +422,14 @@ class AtlasLocation:
 
     def __str__(self) -> str:
         return self.describe()
+
+
+def _shown_path(path: Path) -> str:
+    """A path relative to the repository when it lies inside it (committed notebook outputs stay portable)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _count_pairs(root: Path) -> int | None:
@@ -533,8 +541,8 @@ def _tiny_atlas(cache: Path, notes: list[str]) -> tuple[Path, str]:
     root = cache / "CSP-Atlas"
     with _build_lock(cache):
         if _atlas_complete(root):
-            return root, f"no ${ENV_DATA_ROOT} and no {DEFAULT_ATLAS.relative_to(REPO_ROOT)}: reusing the cached " \
-                         f"tiny atlas (delete {cache} to rebuild it)"
+            return root, f"no ${ENV_DATA_ROOT} and no {_shown_path(DEFAULT_ATLAS)}: reusing the cached tiny atlas " \
+                         f"(delete {_shown_path(cache)} to rebuild it)"
         try:
             from builder_utils import pipeline
 
@@ -543,8 +551,8 @@ def _tiny_atlas(cache: Path, notes: list[str]) -> tuple[Path, str]:
             with contextlib.redirect_stderr(io.StringIO()):       # progress bars of every stage
                 result = pipeline.build_atlas("tiny", cache, log=log.append)
             notes.append(f"built in {time.perf_counter() - t0:.0f} s ({len(log)} log lines)")
-            return result.export_dir, f"no ${ENV_DATA_ROOT} and no {DEFAULT_ATLAS.relative_to(REPO_ROOT)}: " \
-                                      f"BUILT the tiny atlas into {cache}"
+            return result.export_dir, f"no ${ENV_DATA_ROOT} and no {_shown_path(DEFAULT_ATLAS)}: " \
+                                      f"BUILT the tiny atlas into {_shown_path(cache)}"
         except (ImportError, NotImplementedError) as exc:
             notes.append(f"the pipeline cannot run here ({type(exc).__name__}: {exc})")
     fixture_root = FIXTURE_CACHE
@@ -553,8 +561,8 @@ def _tiny_atlas(cache: Path, notes: list[str]) -> tuple[Path, str]:
             from builder_utils import fixtures
 
             fixtures.write_fixture_atlas(fixture_root, n_pairs=40, width=64, n_prompts=10, seed=0)
-    return fixture_root, f"no ${ENV_DATA_ROOT}, no {DEFAULT_ATLAS.relative_to(REPO_ROOT)} and no pipeline: " \
-                         f"using a SYNTHETIC fixture atlas at {fixture_root}"
+    return fixture_root, f"no ${ENV_DATA_ROOT}, no {_shown_path(DEFAULT_ATLAS)} and no pipeline: " \
+                         f"using a SYNTHETIC fixture atlas at {_shown_path(fixture_root)}"
 
 
 def locate_atlas(*, verbose: bool = True) -> AtlasLocation:
@@ -567,7 +575,7 @@ def locate_atlas(*, verbose: bool = True) -> AtlasLocation:
             raise layout.AtlasFileError(root, f"${ENV_DATA_ROOT} points to a folder that does not exist")
         source = f"${ENV_DATA_ROOT} = {root}"
     elif DEFAULT_ATLAS.is_dir():
-        root, source = DEFAULT_ATLAS, f"{DEFAULT_ATLAS.relative_to(REPO_ROOT)} (the `make atlas` output)"
+        root, source = DEFAULT_ATLAS, f"{_shown_path(DEFAULT_ATLAS)} (the `make atlas` output)"
     else:
         root, source = _tiny_atlas(TINY_CACHE, notes)
     if not (root / layout.object_masks_name(*layout.REFERENCE_SETTING)).is_file():

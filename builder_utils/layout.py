@@ -153,7 +153,29 @@ def _new_h5(path: Path) -> h5py.File:
 
 
 def _write_vector(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    group.create_dataset(name, data=data, compression="gzip", track_times=False)
+    """One gzip'd vector dataset, as `group.create_dataset(name, data=..., compression="gzip")` writes it.
+
+    An atlas holds ~100k of these; h5py's high-level `create_dataset` rebuilds the same
+    property lists for each one, which costs more than the write. We build them once per
+    (dtype, shape) with h5py's own helper, so the bytes are identical and writes ~2× faster.
+    """
+    data = np.ascontiguousarray(data)
+    tid, space, dcpl = _vector_plists(data.dtype.str, data.shape)
+    h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl).write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+
+
+_VECTOR_PLISTS: dict = {}
+
+
+def _vector_plists(dtype: str, shape: tuple):
+    if (dtype, shape) not in _VECTOR_PLISTS:
+        from h5py._hl import filters  # h5py is pinned; this is the helper create_dataset itself uses
+        dcpl = filters.fill_dcpl(h5py.h5p.create(h5py.h5p.DATASET_CREATE), shape, np.dtype(dtype), None, "gzip",
+                                 None, None, None, None, None, None, False)
+        dcpl.set_obj_track_times(False)
+        _VECTOR_PLISTS[(dtype, shape)] = (h5py.h5t.py_create(np.dtype(dtype), logical=1),
+                                          h5py.h5s.create_simple(shape), dcpl)
+    return _VECTOR_PLISTS[(dtype, shape)]
 
 
 # ----------------------------------------------------------------------------- stacked arrays
@@ -280,6 +302,9 @@ def read_activations(path: os.PathLike | str) -> Activations:
             if g not in f:
                 raise AtlasFileError(path, f"missing group /{g}")
         n_layers = _layer_count(f[G_ACTIVATIONS], path)
+        if _layer_count(f[G_FIRING], path) != n_layers:
+            raise AtlasFileError(path, f"/{G_FIRING} has {_layer_count(f[G_FIRING], path)} layer groups, "
+                                       f"/{G_ACTIVATIONS} has {n_layers}")
         keys = sorted(f[G_NPROMPTS].keys())
         act = _read_stack(f[G_ACTIVATIONS], keys, n_layers, np.float32, path)
         fire = _read_stack(f[G_FIRING], keys, n_layers, np.int32, path)
@@ -404,6 +429,12 @@ def _layer_count(group: h5py.Group, path) -> int:
 
 
 def _read_stack(group: h5py.Group, keys: list[str], n_layers: int, dtype, path) -> np.ndarray:
+    """Read `group/layer_l/key` vectors into one (keys, layers, width) array, checking the layout.
+
+    Uses h5py's low-level dataset API: an atlas has ~100k tiny datasets and the
+    high-level wrapper costs more per dataset than the read itself.
+    """
+    dtype = np.dtype(dtype)
     width = None
     out = None
     for l in range(n_layers):
@@ -414,17 +445,21 @@ def _read_stack(group: h5py.Group, keys: list[str], n_layers: int, dtype, path) 
             raise AtlasFileError(path, f"{lg.name}: key set differs from the other layers "
                                        f"(missing {missing[:3]}, unexpected {extra[:3]})")
         for i, key in enumerate(keys):
-            ds = lg[key]
-            if ds.ndim != 1:
-                raise AtlasFileError(path, f"{ds.name} has shape {ds.shape}, expected a vector")
+            try:
+                ds = h5py.h5d.open(lg.id, key.encode())
+            except (KeyError, ValueError, TypeError):
+                raise AtlasFileError(path, f"{lg.name}/{key} is not a dataset") from None
+            shape = ds.shape
+            if len(shape) != 1:
+                raise AtlasFileError(path, f"{lg.name}/{key} has shape {shape}, expected a vector")
             if width is None:
-                width = ds.shape[0]
+                width = shape[0]
                 out = np.empty((len(keys), n_layers, width), dtype=dtype)
-            elif ds.shape[0] != width:
-                raise AtlasFileError(path, f"{ds.name} has width {ds.shape[0]}, expected {width} like the others")
-            if np.dtype(ds.dtype) != np.dtype(dtype):
-                raise AtlasFileError(path, f"{ds.name} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
-            ds.read_direct(out[i, l])
+            elif shape[0] != width:
+                raise AtlasFileError(path, f"{lg.name}/{key} has width {shape[0]}, expected {width} like the others")
+            if ds.dtype != dtype:
+                raise AtlasFileError(path, f"{lg.name}/{key} has dtype {ds.dtype}, expected {dtype}")
+            ds.read(h5py.h5s.ALL, h5py.h5s.ALL, out[i, l])
     if out is None:
         out = np.zeros((0, n_layers, 0), dtype=dtype)
     return out

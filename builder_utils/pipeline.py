@@ -200,15 +200,15 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
     result.stages.append(run_stage(
         raw, "13_object_masks", [layout.OBJECT_ACTIVATIONS],
         [layout.object_masks_name(e, c) for e, c in settings], {"settings": settings},
-        lambda: masks.build_object_masks(raw, settings), force=force, log=log))
+        lambda: masks.build_object_masks(raw, settings, resume=not force), force=force, log=log))
     result.stages.append(run_stage(
         raw, "13_checker_masks", [layout.CHECKER_ACTIVATIONS],
         [layout.checker_masks_name(e, c) for e, c in settings], {"settings": settings},
-        lambda: masks.build_checker_masks(raw, settings), force=force, log=log))
+        lambda: masks.build_checker_masks(raw, settings, resume=not force), force=force, log=log))
     result.stages.append(run_stage(
         raw, "5A_token_checker_masks", [layout.TOKEN_CHECKER_ACTIVATIONS], [layout.TOKEN_CHECKER_MASKS],
         {"setting": layout.TOKEN_CHECKER_SETTING},
-        lambda: masks.build_token_checker_masks(raw), force=force, log=log))
+        lambda: masks.build_token_checker_masks(raw, resume=not force), force=force, log=log))
 
     mask_files = ([layout.object_masks_name(e, c) for e, c in settings]
                   + [layout.checker_masks_name(e, c) for e, c in settings])

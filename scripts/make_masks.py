@@ -54,4 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except layout.AtlasFileError as exc:       # a missing or malformed input file: say which, no traceback
+        sys.exit(f"error: {exc}")
