@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PRESET ?= mini
 OUT    ?= build
 
-.PHONY: setup atlas test test-fast validate bench clean
+.PHONY: setup atlas test test-fast validate bench notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-fast: setup
 
 validate: setup
 	$(PY) scripts/validate_atlas.py $(OUT)/CSP-Atlas
+
+# Re-execute the committed notebooks on the mini atlas (their stored outputs come from it).
+notebooks: atlas
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
