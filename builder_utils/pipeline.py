@@ -34,6 +34,7 @@ from builder_utils.concepts import ISOLATED, KEYWORD_MAP, concept_key
 # The tiny preset: the six isolated AST nodes, four AST nodes with builtin partners, and six builtins.
 TINY_AST = ("For", "If", "Call", "While", "Import", "ImportFrom", "Pass", "Break", "Continue", "Assert")
 TINY_BUILTINS = ("list", "dict", "str", "range", "int", "len", ISOLATED)
+MINI_MODEL_LABEL = "csp-atlas-mini-gpt2"   # the model_id recorded for the offline mini model
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
         model_ref = str(model_dir)
 
     mdl, tok = models.load_model_and_tokenizer(model_ref, device=device, dtype=p.dtype)
-    model_params = {"model": model_ref if p.model else "mini", "model_seed": p.model_seed}
+    model_label, weights = _model_identity(model_ref, model_dir)
+    model_params = {"model": model_label, "weights_sha256": weights}
 
     result.stages.append(run_stage(
         raw, "11A_object_prompts", [], [layout.OBJECT_PROMPTS, layout.OBJECT_PROMPT_STATS],
@@ -192,7 +194,7 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
             raw, f"12_{Path(out_file).stem[3:]}", [prompts_file], [out_file], extraction,
             lambda pf=prompts_file, uc=unit_columns, of=out_file: activations.extract_to_file(
                 mdl, tok, layout.read_table(raw / pf), uc, raw / of, position=p.position,
-                batch_size=p.batch_size, device=device, model_id=model_ref, input_file=pf,
+                batch_size=p.batch_size, device=device, model_id=model_label, input_file=pf,
                 checkpoint_path=raw / f".{of}.ckpt"),
             force=force, log=log))
 
@@ -234,6 +236,17 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
         from builder_utils.export import export_hub
         export_hub(raw, export_dir)
     return result
+
+
+def _model_identity(model_ref: str, mini_dir: Path) -> tuple[str, str | None]:
+    """(label, weights sha256) — a local model is named by its weights, not its path, so two builds in
+    different folders record the same thing; a Hub model by its id (the manifest adds the revision)."""
+    folder = Path(model_ref)
+    if not folder.is_dir():
+        return model_ref, None
+    weights = folder / "model.safetensors"
+    label = MINI_MODEL_LABEL if folder.resolve() == mini_dir.resolve() else folder.name
+    return label, sha256_file(weights) if weights.is_file() else None
 
 
 def _in_preset(concept: str, p: Preset) -> bool:

@@ -264,6 +264,16 @@ def test_raw_files_at_the_root_and_no_script(exported, tiny_raw_atlas):
     assert all(p.startswith("data/") for p in patterns)     # raw files are never configs
 
 
+def test_large_configs_are_sharded(tiny_raw_atlas, tmp_path):
+    out = tmp_path / "CSP-Atlas"
+    report = export_hub(tiny_raw_atlas, out, configs=["checker_prompts"], max_shard_size="20KB")
+    files = sorted((out / "data" / "checker_prompts").iterdir())
+    assert len(files) > 1 and [f.name for f in files] == [f"train-{i:05d}-of-{len(files):05d}.parquet"
+                                                          for i in range(len(files))]
+    assert report.written[0].files == [f"data/checker_prompts/{f.name}" for f in files]
+    check_table(load(out, "checker_prompts"), tiny_raw_atlas, CONFIGS["checker_prompts"])   # order kept too
+
+
 def test_export_is_deterministic(exported, tiny_raw_atlas, tmp_path):
     out, _ = exported
     again = tmp_path / "CSP-Atlas"
