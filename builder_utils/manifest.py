@@ -23,6 +23,7 @@ import subprocess
 from pathlib import Path
 
 from builder_utils import layout
+from builder_utils.pipeline import sha256_file  # the stamps' checksum, so manifest and stamps agree
 
 MANIFEST_FORMAT = 1
 # The packages whose versions can change an artifact's bytes.
@@ -32,22 +33,14 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")     # first pattern that ma
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "tokenizer.model", "vocab.txt")
 STAMPS_DIR = ".stamps"
-# Files made by the build that are not in `layout.release_file_names()` but belong to the provenance record.
+# Build outputs outside `layout.release_file_names()` that still belong to the record: the 11A filter's
+# statistics, and the 5A activations that token_checker_masks.h5 is thresholded from.
 EXTRA_ARTIFACTS = (layout.OBJECT_PROMPT_STATS, layout.TOKEN_CHECKER_ACTIVATIONS)
 
 
 def artifact_names() -> list[str]:
-    """Every file name the manifest describes when present, in pipeline order."""
-    names = layout.release_file_names(include_activations=True)
-    return names[:1] + [layout.OBJECT_PROMPT_STATS] + names[1:5] + [layout.TOKEN_CHECKER_ACTIVATIONS] + names[5:]
-
-
-def sha256_file(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    """Every file name the manifest describes when present."""
+    return layout.release_file_names(include_activations=True) + list(EXTRA_ARTIFACTS)
 
 
 # ----------------------------------------------------------------------------- stage stamps

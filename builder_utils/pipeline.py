@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,10 +137,13 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
     from builder_utils import (activations, checker_prompts, decomposition, masks, models, modularity,
                                object_prompts, token_independence)
 
-    p = PRESETS[preset] if isinstance(preset, str) else preset
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
     out = Path(out)
     raw, export_dir, model_dir = out / "raw", out / "CSP-Atlas", out / "model"
-    raw.mkdir(parents=True, exist_ok=True)
+    # Check what can be checked before anything is written.
+    if model is not None and models._is_local(model) and not Path(model).expanduser().is_dir():
+        raise FileNotFoundError(f"{model}: model folder not found")
+    _make_output_folder(raw)
     result = BuildResult(p.name, raw, export_dir)
     device = device or p.device
     model_ref = model or p.model
@@ -193,7 +197,8 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
         result.stages.append(run_stage(
             raw, f"12_{Path(out_file).stem[3:]}", [prompts_file], [out_file], extraction,
             lambda pf=prompts_file, uc=unit_columns, of=out_file: activations.extract_to_file(
-                mdl, tok, layout.read_table(raw / pf), uc, raw / of, position=p.position,
+                mdl, tok, layout.read_table(raw / pf, required=uc + ["prompt_text"]), uc, raw / of,
+                position=p.position,
                 batch_size=p.batch_size, device=device, model_id=model_label, input_file=pf,
                 checkpoint_path=raw / f".{of}.ckpt"),
             force=force, log=log))
@@ -236,6 +241,26 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
         from builder_utils.export import export_hub
         export_hub(raw, export_dir)
     return result
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (choose from: {', '.join(sorted(PRESETS))})")
+    return PRESETS[name]
+
+
+def _make_output_folder(raw: Path) -> None:
+    for parent in [raw, *raw.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"{parent}: cannot build here, it is a file, not a folder")
+        if parent.exists():
+            break
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{raw}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(raw, os.W_OK):
+        raise PermissionError(f"{raw}: output folder is not writable")
 
 
 def _model_identity(model_ref: str, mini_dir: Path) -> tuple[str, str | None]:

@@ -196,7 +196,6 @@ class _Atlas:
         self.suspect: dict[str, str] = {}         # file -> "failed <check>"
         self.manifest: dict | None = None
         self.manifest_error: str | None = None
-        self.width: int | None = None
         self._cache: dict = {}
 
     def path(self, name: str) -> Path:
@@ -589,7 +588,6 @@ def _check_widths(atlas: _Atlas, report: ValidationReport) -> None:
     if not widths:
         return
     common = Counter(widths.values()).most_common(1)[0][0]
-    atlas.width = common
     for res in report.by_check("hdf5_structure"):
         w = widths.get(res.file)
         if res.ok and not res.skipped and w is not None and w != common:

@@ -15,14 +15,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from builder_utils.pipeline import PRESETS, build_atlas, summary_table  # noqa: E402
+from builder_utils.layout import AtlasFileError  # noqa: E402
+from builder_utils.pipeline import PRESETS, build_atlas, get_preset, summary_table  # noqa: E402
+
+# Bad input (a missing or damaged file, an unknown preset, an unwritable folder) gets one line, not a traceback.
+USER_ERRORS = (AtlasFileError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="mini", choices=sorted(PRESETS),
-                    help="tiny: seconds, a handful of concepts (tests); mini: all 106 concepts on the offline "
-                         "mini model (default); paper: openai/circuit-sparsity with the release's procedure")
+    ap.add_argument("--preset", default="mini",
+                    help=f"one of {', '.join(sorted(PRESETS))}. tiny: seconds, a handful of concepts (tests); mini: all 106 "
+                         "concepts on the offline mini model (default); paper: openai/circuit-sparsity with the "
+                         "release's procedure")
     ap.add_argument("--out", default="build", type=Path,
                     help="output folder; gets raw/, model/ and the Hub-ready CSP-Atlas/ (default: build)")
     ap.add_argument("--force", action="store_true", help="rebuild every stage even if its outputs are current")
@@ -32,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    result = build_atlas(args.preset, args.out, force=args.force, model=args.model, device=args.device,
-                         export=not args.no_export)
+    try:
+        get_preset(args.preset)
+        result = build_atlas(args.preset, args.out, force=args.force, model=args.model, device=args.device,
+                             export=not args.no_export)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     built = [s.name for s in result.stages if not s.skipped]
     print()
     print(f"Built preset '{result.preset}' in {time.perf_counter() - t0:.1f} s "
