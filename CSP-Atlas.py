@@ -32,10 +32,10 @@ import h5py
 import numpy as np
 
 try:
-    from builder_utils import concepts, layout
+    from builder_utils import concepts, decomposition, layout
 except ImportError:  # a plain clone that was never `pip install -e`d: the package sits next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from builder_utils import concepts, layout
+    from builder_utils import concepts, decomposition, layout
 
 _HOMEPAGE = "https://github.com/piotrwilam/AtlasCSP"
 _LICENSE = "apache-2.0"
@@ -286,14 +286,11 @@ def activation_rows(path: Path, cfg: CSPAtlasConfig) -> Iterator[dict]:
 
 
 def target_checker_rows(path: Path, cfg: CSPAtlasConfig) -> Iterator[dict]:
-    long = layout.read_target_checker(path)
-    for r in long.itertuples(index=False):
-        a_size = r.concept_only + r.shared
-        # The release's rule (14_comparison): rounded per row, 0.0 for an empty universal mask.
-        fraction = round(float(r.concept_only / a_size), 4) if a_size else 0.0
-        yield {"target": r.target, "concept_type": concepts.concept_type(r.target), "layer": r.layer,
+    rows = decomposition.rows_from_counts(layout.read_target_checker(path))
+    for r in rows.itertuples(index=False):
+        yield {"target": r.target, "concept_type": r.concept_type, "layer": r.layer,
                "concept_only": r.concept_only, "shared": r.shared, "token_only": r.token_only,
-               "concept_fraction": fraction}
+               "concept_fraction": r.concept_fraction}
 
 
 def table_rows(path: Path, cfg: CSPAtlasConfig) -> Iterator[dict]:

@@ -10,8 +10,7 @@ settings. The baseline is the release's way of doing it (13_universals.ipynb and
 written out here: a dict of dicts, Python loops over (pair, layer) for the thresholds, per-concept
 scans and AND loops for the universals, a Python double loop for Jaccard, and h5py writes of one
 dataset at a time by path. Reported: compute alone (best of --repeat), and compute + HDF5 writes
-(once); then both outputs are checked identical, in memory and as files. --profile-writes adds our
-writes through a low-level drop-in for layout._write_vector, checked byte-identical.
+(once); then both outputs are checked identical, in memory and as files.
 Targets: >= 50x on compute, >= 5x with writes. Other processes on the machine skew both sides; rerun
 on a quiet machine for figures to quote.
 """
@@ -144,45 +143,6 @@ def our_write(out_dir: Path, objects: layout.Activations, checkers: layout.Activ
 # ----------------------------------------------------------------------------- what the writes cost
 
 
-def fast_write_vector(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    """A drop-in for layout._write_vector through h5py's low-level API (a PROPOSAL for layout.py).
-
-    The property lists h5py's `create_dataset` rebuilds for every dataset (chunk guess, gzip
-    filter, track_times) are built once per (dtype, shape) with h5py's own helper, so the files
-    come out byte-identical; only the per-call Python overhead goes.
-    """
-    data = np.ascontiguousarray(data)
-    tid, space, dcpl = _vector_plists(data.dtype.str, data.shape)
-    dset = h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl)
-    dset.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
-    del dset          # close before the next one, as create_dataset's discarded Dataset does
-
-
-_PLISTS: dict = {}
-
-
-def _vector_plists(dtype: str, shape: tuple):
-    if (dtype, shape) not in _PLISTS:
-        from h5py._hl import filters
-        dcpl = filters.fill_dcpl(h5py.h5p.create(h5py.h5p.DATASET_CREATE), shape, np.dtype(dtype), None, "gzip",
-                                 None, None, None, None, None, None, False)
-        dcpl.set_obj_track_times(False)
-        _PLISTS[(dtype, shape)] = (h5py.h5t.py_create(np.dtype(dtype), logical=1),
-                                   h5py.h5s.create_simple(shape), dcpl)
-    return _PLISTS[(dtype, shape)]
-
-
-def write_with_fast_vectors(out_dir: Path, objects: layout.Activations, checkers: layout.Activations) -> float:
-    """`our_write` with layout._write_vector swapped for the low-level drop-in; returns seconds."""
-    original, layout._write_vector = layout._write_vector, fast_write_vector
-    try:
-        t0 = time.perf_counter()
-        our_write(out_dir, objects, checkers)
-        return time.perf_counter() - t0
-    finally:
-        layout._write_vector = original
-
-
 # ----------------------------------------------------------------------------- checks
 
 
@@ -228,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=2048, help="channels per layer (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=3, help="compute runs per side; the best counts (default: 3)")
     ap.add_argument("--no-writes", action="store_true", help="skip the (slow) compute + HDF5 write comparison")
-    ap.add_argument("--profile-writes", action="store_true",
-                    help="also time our writes with a low-level drop-in for layout._write_vector (a proposal)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the synthetic atlas and outputs here")
     args = ap.parse_args(argv)
 
@@ -268,15 +226,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  naive  {t_naive_w:9.2f} s   ({t_naive_w / n_dsets * 1e6:.0f} us per dataset)")
             print(f"  ours   {t_ours_w:9.2f} s   ({t_ours_w / n_dsets * 1e6:.0f} us per dataset)"
                   f"   -> {t_naive_w / t_ours_w:5.2f}x   (target >= 5x)   files identical: yes")
-            if args.profile_writes:
-                (work / "ours_fast").mkdir(exist_ok=True)
-                t_fast = write_with_fast_vectors(work / "ours_fast", objects, checkers)
-                names = [layout.object_masks_name(*s) for s in SETTINGS] + [layout.checker_masks_name(*s)
-                                                                            for s in SETTINGS]
-                same = all((work / "ours" / n).read_bytes() == (work / "ours_fast" / n).read_bytes() for n in names)
-                print("  ours with a low-level layout._write_vector (proposal):")
-                print(f"         {t_fast:9.2f} s   ({t_fast / n_dsets * 1e6:.0f} us per dataset)"
-                      f"   -> {t_naive_w / t_fast:5.2f}x   byte-identical to ours: {'yes' if same else 'NO'}")
     return 0
 
 

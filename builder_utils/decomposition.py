@@ -57,25 +57,40 @@ def decompose(universal: MaskStack, checker: MaskStack,
     u_index, c_index = universal.index(), checker.index()
     a = universal.masks[[u_index[t] for t in targets]].astype(bool)      # (T, L, W)
     b = checker.masks[[c_index[t] for t in targets]].astype(bool)
-    a_size, b_size = a.sum(-1).ravel(), b.sum(-1).ravel()
     shared = (a & b).sum(-1).ravel()
-    concept_only, token_only = a_size - shared, b_size - shared
+    n_layers = universal.n_layers
+    return rows_from_counts(pd.DataFrame({
+        "target": np.repeat(np.array(targets, dtype=object), n_layers),
+        "layer": np.tile(np.arange(n_layers, dtype=np.int64), len(targets)),
+        "concept_only": a.sum(-1).ravel() - shared, "shared": shared,
+        "token_only": b.sum(-1).ravel() - shared,
+    }))
+
+
+def rows_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """Full decomposition rows (`ROW_COLUMNS`) from co / sh / to counts per (target, layer).
+
+    The one place of the per-row arithmetic: |A| = co + sh, |B| = sh + to, and each fraction
+    rounded per row to 4 dp, 0.0 when A is empty (the row is kept).
+    """
+    co, sh, to = (counts[c].to_numpy(np.int64) for c in ("concept_only", "shared", "token_only"))
+    if (np.concatenate([co, sh, to]) < 0).any():
+        raise ValueError("negative co / sh / to count")
+    a_size = co + sh
 
     # Python's round on Python floats, row by row, as the release did (np.round can differ at ties).
     def fraction(part: np.ndarray) -> list[float]:
         return [round(float(p / s), FRACTION_DIGITS) if s > 0 else 0.0
                 for p, s in zip(part.tolist(), a_size.tolist())]
 
-    n_layers = universal.n_layers
     return pd.DataFrame({
-        "target": np.repeat(np.array(targets, dtype=object), n_layers),
-        "concept_type": np.repeat(np.array([concept_type(t) for t in targets], dtype=object), n_layers),
-        "layer": np.tile(np.arange(n_layers, dtype=np.int64), len(targets)),
-        "A_size": a_size.astype(np.int64), "B_size": b_size.astype(np.int64),
-        "concept_only": concept_only.astype(np.int64), "shared": shared.astype(np.int64),
-        "token_only": token_only.astype(np.int64),
-        "concept_fraction": np.array(fraction(concept_only), dtype=np.float64),
-        "token_fraction": np.array(fraction(shared), dtype=np.float64),
+        "target": counts["target"].to_numpy(dtype=object),
+        "concept_type": np.array([concept_type(t) for t in counts["target"]], dtype=object),
+        "layer": counts["layer"].to_numpy(np.int64),
+        "A_size": a_size, "B_size": sh + to,
+        "concept_only": co, "shared": sh, "token_only": to,
+        "concept_fraction": np.array(fraction(co), dtype=np.float64),
+        "token_fraction": np.array(fraction(sh), dtype=np.float64),
     }, columns=ROW_COLUMNS)
 
 

@@ -51,6 +51,7 @@ TOKEN_INDEPENDENCE_SUMMARY = "token_independence_summary.csv"
 TOKEN_INDEPENDENCE_DETAIL = "token_independence_detail.csv"
 TOKEN_INDEPENDENCE_NO_KEYWORD = "token_independence_no_keyword.csv"
 MANIFEST = "atlas_manifest.json"
+STAMPS_DIR = ".stamps"                  # per-stage parameters and input hashes (pipeline, manifest)
 
 # HDF5 group names (release spelling; the checker files reuse `token_checker_masks`).
 G_ACTIVATIONS, G_FIRING, G_NPROMPTS, G_METADATA = "activations", "firing_counts", "n_prompts", "metadata"
@@ -127,6 +128,15 @@ def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: os.PathLike | str) -> list[Path]:
+    """Delete the temporaries `atomic_output` leaves when its process is killed mid-write."""
+    stale = sorted(Path(folder).glob(".*.tmp-*"))
+    for tmp in stale:
+        if tmp.is_file():
+            tmp.unlink()
+    return stale
 
 
 def _require(path: Path) -> Path:

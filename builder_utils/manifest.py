@@ -32,7 +32,7 @@ PACKAGES = ("datasets", "h5py", "numpy", "pandas", "pyarrow", "safetensors", "sc
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")     # first pattern that matches is the weights
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "tokenizer.model", "vocab.txt")
-STAMPS_DIR = ".stamps"
+STAMPS_DIR = layout.STAMPS_DIR
 # Build outputs outside `layout.release_file_names()` that still belong to the record: the 11A filter's
 # statistics, and the 5A activations that token_checker_masks.h5 is thresholded from.
 EXTRA_ARTIFACTS = (layout.OBJECT_PROMPT_STATS, layout.TOKEN_CHECKER_ACTIVATIONS)

@@ -83,7 +83,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _stamp_path(raw: Path, stage: str) -> Path:
-    return raw / ".stamps" / f"{stage}.json"
+    return raw / layout.STAMPS_DIR / f"{stage}.json"
 
 
 def _fingerprint(raw: Path, inputs: list[str], params: dict) -> dict:
@@ -144,6 +144,7 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
     if model is not None and models._is_local(model) and not Path(model).expanduser().is_dir():
         raise FileNotFoundError(f"{model}: model folder not found")
     _make_output_folder(raw)
+    layout.remove_stale_temporaries(raw)
     result = BuildResult(p.name, raw, export_dir)
     device = device or p.device
     model_ref = model or p.model

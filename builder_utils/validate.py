@@ -996,35 +996,6 @@ def check_decomposition(atlas: _Atlas, name: str) -> list[str]:
     return _frame_diff(stored, expected, ["target", "layer"], f"the decomposition of {om_name} vs {cm_name}")
 
 
-def rows_from_counts(long: pd.DataFrame) -> pd.DataFrame:
-    """Decomposition rows (with sizes and rounded fractions) for stored co / sh / to counts.
-
-    `decomposition.decompose` is the one implementation of the per-row arithmetic, and it takes
-    masks; so rebuild, per row, the smallest masks with exactly these counts (A = channels
-    [0, co+sh), B = [co, co+sh+to)) and let it compute.
-    """
-    from builder_utils import decomposition
-
-    co = long["concept_only"].to_numpy(np.int64)
-    sh = long["shared"].to_numpy(np.int64)
-    to = long["token_only"].to_numpy(np.int64)
-    if (np.concatenate([co, sh, to]) < 0).any():
-        raise ValueError("negative count in a target-checker table")
-    units = [f"{t}\x00{l}" for t, l in zip(long["target"], long["layer"])]     # one pseudo-unit per row
-    width = max(int((co + sh + to).max(initial=0)), 1)
-    ch = np.arange(width)
-    a = (ch[None, :] < (co + sh)[:, None])
-    b = (ch[None, :] >= co[:, None]) & (ch[None, :] < (co + sh + to)[:, None])
-    rows = decomposition.decompose(MaskStack(units, a[:, None, :]), MaskStack(units, b[:, None, :]),
-                                   keyword_concepts=units)
-    by_unit = rows.set_index("target")
-    out = by_unit.loc[units].reset_index(drop=True)
-    out["target"] = long["target"].to_numpy()
-    out["layer"] = long["layer"].to_numpy()
-    out["concept_type"] = [split_concept_key(t)[0] for t in long["target"]]
-    return out[decomposition.ROW_COLUMNS]
-
-
 def check_summary(atlas: _Atlas, name: str) -> list[str]:
     from builder_utils import decomposition
 
@@ -1041,7 +1012,7 @@ def check_summary(atlas: _Atlas, name: str) -> list[str]:
         long = layout.read_target_checker(atlas.path(tc))
         if long.empty:
             continue
-        expected_rows.append(decomposition.summarise(rows_from_counts(long), e, c))
+        expected_rows.append(decomposition.summarise(decomposition.rows_from_counts(long), e, c))
     if skipped:   # compare only the settings whose table can be trusted
         drop = {(e, c) for e, c, _ in skipped}
         stored = stored[[(float(x), float(y)) not in drop for x, y in zip(stored.epsilon, stored.consistency)]]
