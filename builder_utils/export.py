@@ -47,8 +47,9 @@ REPO_ID = "piotrwilam/CSP-Atlas"
 PRETTY_NAME = "CSP-Atlas: Concept-Specific Neural Circuits in a Sparse Python Transformer"
 TAGS = ["interpretability", "mechanistic-interpretability", "sparse-circuits", "circuits", "python", "code",
         "concepts", "neuron-masks"]
-# Raw files carried over to the root, in pipeline order (the release plus two provenance files).
-RAW_FILES = layout.release_file_names(include_activations=True) + [layout.OBJECT_PROMPT_STATS, layout.MANIFEST]
+# Raw files carried over to the root, in pipeline order (the release plus the provenance files and the 5A activations).
+RAW_FILES = layout.release_file_names(include_activations=True) + [layout.OBJECT_PROMPT_STATS,
+                                                                 layout.TOKEN_CHECKER_ACTIVATIONS, layout.MANIFEST]
 
 
 # ----------------------------------------------------------------------------- report
