@@ -30,7 +30,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable
 
@@ -53,6 +54,10 @@ TOKEN_CHECKER_N_TARGET = 50
 _FLOAT32_INF_BITS = 0x7F800000   # bit pattern of +inf; non-negative float32 bit patterns sort like their values
 _BLOCK_ELEMENTS = 1 << 18         # (unit, layer, channel) values per block of the sweep: ~1 MB of float32
 _THREADS = min(4, os.cpu_count() or 1)
+# Writing is bound by HDF5's per-dataset cost in one process (h5py serialises on a global lock), so a
+# large sweep writes its files from parallel processes; below this many datasets, starting them costs more.
+_WRITE_PROCESSES = min(2, os.cpu_count() or 1)
+_PARALLEL_WRITE_MIN_DATASETS = 50_000
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -247,17 +252,16 @@ def write_object_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
         log.warning("%d layers only: no /metrics Jaccard matrices (they use layer %d)",
                     acts.n_layers, layout.JACCARD_LAYER)
     sweep = threshold_sweep(acts, settings)
-    paths = []
-    for s in tqdm(settings, desc="13 object masks", unit="setting"):
+    jobs = []
+    for s in settings:
         pairs = sweep.pop(s)
         universals = marginalise(pairs)
-        paths.append(data_dir / layout.object_masks_name(*s))
-        write_object_masks(paths[-1], ObjectMasks(
+        jobs.append((write_object_masks, data_dir / layout.object_masks_name(*s), ObjectMasks(
             epsilon=s[0], consistency=s[1], pairs=pairs, universals=universals,
             ast_nodes=ast_nodes, builtin_objs=builtin_objs,
             jaccard_ast=universal_jaccard(universals, "ast"),
-            jaccard_builtin=universal_jaccard(universals, "builtin")))
-    return paths
+            jaccard_builtin=universal_jaccard(universals, "builtin"))))
+    return _write_all(jobs, "13 object masks")
 
 
 def write_checker_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
@@ -266,11 +270,28 @@ def write_checker_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
     data_dir = Path(data_dir)
     settings = [(float(e), float(c)) for e, c in settings]
     sweep = threshold_sweep(acts, settings)
-    paths = []
-    for s in tqdm(settings, desc="13 checker masks", unit="setting"):
-        paths.append(data_dir / layout.checker_masks_name(*s))
-        write_checker_masks(paths[-1], CheckerMasks(s[0], s[1], sweep.pop(s)))
-    return paths
+    jobs = [(write_checker_masks, data_dir / layout.checker_masks_name(*s), CheckerMasks(s[0], s[1], sweep.pop(s)))
+            for s in settings]
+    return _write_all(jobs, "13 checker masks")
+
+
+def _write_all(jobs: list, desc: str) -> list[Path]:
+    """Run `writer(path, content)` for each job, from parallel processes when the sweep is large."""
+    n_datasets = sum(c.masks.masks.shape[0] * c.masks.n_layers if isinstance(c, CheckerMasks) else
+                     (c.pairs.masks.shape[0] + c.universals.masks.shape[0]) * c.pairs.n_layers
+                     for _, _, c in jobs)
+    with tqdm(total=len(jobs), desc=desc, unit="file") as bar:
+        if _WRITE_PROCESSES > 1 and n_datasets >= _PARALLEL_WRITE_MIN_DATASETS:
+            # spawn, not fork: the parent may hold torch's thread pools.
+            with ProcessPoolExecutor(_WRITE_PROCESSES, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for done in as_completed([pool.submit(writer, path, content) for writer, path, content in jobs]):
+                    done.result()
+                    bar.update()
+        else:
+            for writer, path, content in jobs:
+                writer(path, content)
+                bar.update()
+    return [path for _, path, _ in jobs]
 
 
 def build_object_masks(data_dir: os.PathLike | str, settings: Iterable[Setting] = layout.SETTINGS, *,

@@ -370,6 +370,23 @@ def test_resume_skips_current_files_and_rebuilds_stale_ones(atlas, tmp_path):
                                   atlas.checkers.planted_masks(0.5, 0.8))
 
 
+def test_parallel_writes_give_the_same_files_as_serial_writes(atlas, tmp_path, monkeypatch):
+    # A large sweep writes its files from worker processes; the bytes must not depend on that.
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    for folder in (serial, parallel):
+        folder.mkdir()
+        shutil.copy(atlas.root / layout.OBJECT_ACTIVATIONS, folder / layout.OBJECT_ACTIVATIONS)
+    settings = [(0.001, 0.2), (0.5, 0.8)]
+    monkeypatch.setattr(masks, "_PARALLEL_WRITE_MIN_DATASETS", 10**12)
+    masks.build_object_masks(serial, settings)
+    monkeypatch.setattr(masks, "_PARALLEL_WRITE_MIN_DATASETS", 0)
+    monkeypatch.setattr(masks, "_WRITE_PROCESSES", 2)
+    masks.build_object_masks(parallel, settings)
+    for s in settings:
+        name = layout.object_masks_name(*s)
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
+
+
 def _small_object_acts(tmp_path, **change):
     keys = ["For__list", "For__str", "Pass___isolated_"]
     rng = np.random.default_rng(0)
