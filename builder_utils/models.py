@@ -50,7 +50,7 @@ MINI_ACTIVATION = "gelu"        # one fused kernel; GPT-2's "gelu_new" is five e
 # ----------------------------------------------------------------------------- loading
 
 
-def _is_local(source: str | os.PathLike) -> bool:
+def is_local_source(source: str | os.PathLike) -> bool:
     """A Hub id is `name` or `owner/name`; anything that exists or looks like a path is local."""
     s = str(source)
     if Path(s).expanduser().exists():
@@ -62,7 +62,7 @@ def _is_local(source: str | os.PathLike) -> bool:
 
 def _resolve(source: str | os.PathLike) -> tuple[str, bool]:
     """(string to pass to from_pretrained, is_local). A missing local path fails here, not on the Hub."""
-    if not _is_local(source):
+    if not is_local_source(source):
         return str(source), False
     path = Path(source).expanduser()
     if not path.exists():

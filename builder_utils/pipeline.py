@@ -141,7 +141,7 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
     out = Path(out)
     raw, export_dir, model_dir = out / "raw", out / "CSP-Atlas", out / "model"
     # Check what can be checked before anything is written.
-    if model is not None and models._is_local(model) and not Path(model).expanduser().is_dir():
+    if model is not None and models.is_local_source(model) and not Path(model).expanduser().is_dir():
         raise FileNotFoundError(f"{model}: model folder not found")
     _make_output_folder(raw)
     layout.remove_stale_temporaries(raw)

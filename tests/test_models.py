@@ -122,9 +122,9 @@ def test_half_precision_needs_cuda(mini_dir):
 
 
 def test_hub_ids_are_not_taken_for_local_paths():
-    assert not models._is_local(models.PAPER_MODEL_ID)
-    assert not models._is_local("gpt2")
-    assert models._is_local("/abs/path") and models._is_local("a/b/c")
+    assert not models.is_local_source(models.PAPER_MODEL_ID)
+    assert not models.is_local_source("gpt2")
+    assert models.is_local_source("/abs/path") and models.is_local_source("a/b/c")
 
 
 # ----------------------------------------------------------------------------- hook discovery
