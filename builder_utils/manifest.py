@@ -216,11 +216,15 @@ def dumps(manifest: dict) -> str:
 
 def write_manifest(raw_dir: os.PathLike | str, *, preset: dict, model_ref: str,
                    local_model_dir: Path | None) -> Path:
-    """Write `atlas_manifest.json` in `raw_dir`, atomically; returns its path."""
-    manifest = build_manifest(raw_dir, preset=preset, model_ref=model_ref, local_model_dir=local_model_dir)
+    """Write `atlas_manifest.json` in `raw_dir`, atomically; returns its path.
+
+    An unchanged manifest is left untouched, so a re-run that rebuilt nothing changes no file.
+    """
+    text = dumps(build_manifest(raw_dir, preset=preset, model_ref=model_ref, local_model_dir=local_model_dir))
     path = Path(raw_dir) / layout.MANIFEST
-    with layout.atomic_output(path) as tmp:
-        tmp.write_text(dumps(manifest), encoding="utf-8")
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        with layout.atomic_output(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     return path
 
 

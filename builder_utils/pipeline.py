@@ -87,7 +87,9 @@ def _stamp_path(raw: Path, stage: str) -> Path:
 
 
 def _fingerprint(raw: Path, inputs: list[str], params: dict) -> dict:
-    return {"params": params, "inputs": {n: sha256_file(raw / n) for n in inputs}}
+    # Through JSON and back, so it compares equal to the stored one (tuples become lists).
+    return json.loads(json.dumps({"params": params, "inputs": {n: sha256_file(raw / n) for n in inputs}},
+                                 sort_keys=True))
 
 
 @dataclass
@@ -149,22 +151,23 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
     device = device or p.device
     model_ref = model or p.model
 
-    # 11A candidates come first: with the offline mini model, its tokenizer is trained on them.
+    # With the offline mini model, the tokenizer is trained on the 11A candidates and raw checker texts.
     matrix = object_prompts.build_concept_matrix()
     pairs = [(a, b) for a, b in matrix
              if (p.ast_nodes is None or a in p.ast_nodes) and (p.builtins is None or b in p.builtins)]
-    # The release's own texts for the selected pairs (the full stream is generated, then selected).
-    candidates = object_prompts.release_candidates(pairs, per_pair=p.n_generate, seed=p.seed)
     checker_objects = sorted(k for k in KEYWORD_MAP if _in_preset(k, p))
 
-    if model_ref is None:
+    def tokenizer_corpus() -> list[str]:
         texts = list(object_prompts.release_candidates(matrix, seed=p.seed).prompt_text)
         for variant in ("11B", "5A"):
             texts += [c[3] for c in checker_prompts.raw_candidates(variant)]
-        params = {"seed": p.model_seed, "n_texts": len(texts)}
-        run_stage(raw, "mini_model", [], [], params,
-                  lambda: models.build_mini_model(model_dir, texts, seed=p.model_seed), force=force
-                  or not (model_dir / "config.json").is_file(), log=log)
+        return texts
+
+    if model_ref is None:
+        run_stage(raw, "mini_model", [], [],
+                  {"seed": p.model_seed, "corpus": "11A release stream + 11B/5A raw candidates", "text_seed": p.seed},
+                  lambda: models.build_mini_model(model_dir, tokenizer_corpus(), seed=p.model_seed),
+                  force=force or not (model_dir / "config.json").is_file(), log=log)
         model_ref = str(model_dir)
 
     mdl, tok = models.load_model_and_tokenizer(model_ref, device=device, dtype=p.dtype)
@@ -177,7 +180,9 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
          "loss_threshold": p.loss_threshold, "seed": p.seed},
         lambda: object_prompts.make_object_prompts(
             raw, mdl, tok, pairs=pairs, n_generate=p.n_generate, n_keep=p.n_keep,
-            loss_threshold=p.loss_threshold, seed=p.seed, candidates=candidates, device=device),
+            loss_threshold=p.loss_threshold, seed=p.seed, device=device,
+            # the release's own texts for the selected pairs (the full stream is generated, then selected)
+            candidates=object_prompts.release_candidates(pairs, per_pair=p.n_generate, seed=p.seed)),
         force=force, log=log))
 
     for variant, name, stats in (("11B", layout.CHECKER_PROMPTS, layout.CHECKER_PROMPT_STATS),
@@ -239,8 +244,11 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
     _write_manifest(raw, p, model_ref, model_dir if p.model is None and model is None else None)
 
     if export:
-        from builder_utils.export import export_hub
-        export_hub(raw, export_dir)
+        from builder_utils.export import RAW_FILES, export_hub
+        sources = [n for n in RAW_FILES if (raw / n).is_file()]
+        card = os.path.relpath(export_dir / "README.md", raw)
+        result.stages.append(run_stage(raw, "export", sources, [card], {"folder": export_dir.name},
+                                       lambda: export_hub(raw, export_dir), force=force, log=log))
     return result
 
 

@@ -10,6 +10,7 @@ The slow tests drive the real CLI (`scripts/build_atlas.py --preset tiny`) in su
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -231,6 +232,22 @@ runpy.run_path({script!r}, run_name="__main__")
 
 
 @pytest.mark.slow
+def test_a_rerun_skips_every_current_stage_and_force_rebuilds_them(build_a, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(build_a, out, symlinks=True)
+    before = _snapshot(out)
+    rerun = run_build(out)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "(0 stage(s) run, 13 up to date)" in rerun.stdout, rerun.stdout[-2000:]
+    assert _snapshot(out) == before
+    contents = _contents(out)
+    forced = run_build(out, "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "(13 stage(s) run, 0 up to date)" in forced.stdout, forced.stdout[-2000:]
+    assert _snapshot(out) != before and _contents(out) == contents    # rewritten, byte for byte the same
+
+
+@pytest.mark.slow
 def test_killed_build_resumes_and_ends_identical(build_a, tmp_path):
     out = tmp_path / "killed" / "out"
     raw = out / "raw"
@@ -284,6 +301,11 @@ def _snapshot(path: Path) -> dict:
         return {}
     return {p.relative_to(path).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(path.rglob("*"))}
+
+
+def _contents(path: Path) -> dict:
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 PROGRESS_BAR = re.compile(r"\d+%\||\| *\d+/\d+ \[")      # tqdm lines (model loading, stages) are not messages
