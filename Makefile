@@ -1,19 +1,20 @@
 # Two commands on a fresh machine:  `make atlas`  and  `make test`.
-# Both create/refresh the virtual environment first (pinned versions from pyproject.toml).
+# Both create/refresh the virtual environment first (pyproject.toml pins the direct dependencies,
+# constraints.txt every package of the environment).
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PRESET ?= mini
 OUT    ?= build
 
 .PHONY: setup atlas test test-fast validate bench notebooks clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 setup: $(STAMP)
