@@ -183,11 +183,7 @@ _WIDTH_GROUP = {"masks": layout.G_UNIVERSAL, "pair_masks": layout.G_PAIR, "check
 
 def read_width(path: Path, group: str) -> int:
     """Length of the vectors under `/group/layer_0/` — the data's width, read without loading the file."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise layout.AtlasFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") from None
-    with f:
+    with layout.open_h5(path) as f:
         layer0 = f.get(f"{group}/layer_0")
         if not isinstance(layer0, h5py.Group) or not len(layer0):
             raise layout.AtlasFileError(path, f"no vectors under /{group}/layer_0")
@@ -201,11 +197,7 @@ def read_width(path: Path, group: str) -> int:
 
 def read_n_prompts(path: Path) -> dict[str, int]:
     """The scalar `/n_prompts/<key>` datasets of an activations file, without reading the vectors."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise layout.AtlasFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") from None
-    with f:
+    with layout.open_h5(path) as f:
         group = f.get(layout.G_NPROMPTS)
         if not isinstance(group, h5py.Group):
             raise layout.AtlasFileError(path, f"missing group /{layout.G_NPROMPTS}")

@@ -456,12 +456,9 @@ def _count_rows(path: Path) -> int | None:
 def _h5_model_id(path: Path) -> str | None:
     if not path.is_file():
         return None
-    try:
-        with h5py.File(path, "r") as f:
-            md = f.get(layout.G_METADATA)
-            v = md.attrs.get("model_id") if md is not None else None
-    except OSError as exc:
-        raise layout.AtlasFileError(path, f"not a readable HDF5 file: {exc}") from None
+    with layout.open_h5(path) as f:
+        md = f.get(layout.G_METADATA)
+        v = md.attrs.get("model_id") if md is not None else None
     if isinstance(v, bytes):
         v = v.decode()
     return str(v) if v not in (None, "") else None

@@ -147,7 +147,8 @@ def _require(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _open_h5(path: os.PathLike | str) -> Iterator[h5py.File]:
+def open_h5(path: os.PathLike | str) -> Iterator[h5py.File]:
+    """Open a release HDF5 file for reading; a missing or unreadable one raises AtlasFileError naming it."""
     path = _require(Path(path))
     try:
         f = h5py.File(path, "r")
@@ -307,7 +308,7 @@ def _check_finite(acts: Activations, path) -> None:
 
 
 def read_activations(path: os.PathLike | str) -> Activations:
-    with _open_h5(path) as f:
+    with open_h5(path) as f:
         for g in (G_ACTIVATIONS, G_FIRING, G_NPROMPTS, G_METADATA):
             if g not in f:
                 raise AtlasFileError(path, f"missing group /{g}")
@@ -356,7 +357,7 @@ def write_object_masks(path: os.PathLike | str, om: ObjectMasks) -> None:
 
 def read_object_masks(path: os.PathLike | str, *, pairs: bool = True) -> ObjectMasks:
     """Read an object mask file; `pairs=False` skips the (large) pair group."""
-    with _open_h5(path) as f:
+    with open_h5(path) as f:
         for g in (G_UNIVERSAL, G_METADATA) + ((G_PAIR,) if pairs else ()):
             if g not in f:
                 raise AtlasFileError(path, f"missing group /{g}")
@@ -394,7 +395,7 @@ def write_checker_masks(path: os.PathLike | str, cm: CheckerMasks) -> None:
 
 
 def read_checker_masks(path: os.PathLike | str) -> CheckerMasks:
-    with _open_h5(path) as f:
+    with open_h5(path) as f:
         for g in (G_CHECKER, G_METADATA):
             if g not in f:
                 raise AtlasFileError(path, f"missing group /{g}")

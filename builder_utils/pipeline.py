@@ -136,7 +136,7 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
                 device: str | None = None, export: bool = True, log=print) -> BuildResult:
     """Build a complete atlas into `out` (see the module docstring for the layout)."""
     # Heavy imports live here so `--help` and the layout stay fast to import.
-    from builder_utils import (activations, checker_prompts, decomposition, masks, models, modularity,
+    from builder_utils import (activations, checker_prompts, decomposition, manifest, masks, models, modularity,
                                object_prompts, token_independence)
 
     p = preset if isinstance(preset, Preset) else get_preset(preset)
@@ -241,7 +241,8 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
         {"setting": layout.TOKEN_CHECKER_SETTING},
         lambda: token_independence.build_token_independence_tables(raw), force=force, log=log))
 
-    _write_manifest(raw, p, model_ref, model_dir if p.model is None and model is None else None)
+    manifest.write_manifest(raw, preset=asdict(p), model_ref=model_ref,
+                            local_model_dir=model_dir if p.model is None and model is None else None)
 
     if export:
         from builder_utils.export import RAW_FILES, export_hub
@@ -287,14 +288,6 @@ def _in_preset(concept: str, p: Preset) -> bool:
     kind, name = concept.split("__", 1)
     pool = p.ast_nodes if kind == "ast" else p.builtins
     return pool is None or name in pool
-
-
-def _write_manifest(raw: Path, p: Preset, model_ref: str, local_model_dir: Path | None) -> None:
-    try:
-        from builder_utils import manifest
-    except ImportError:  # the manifest module arrives with the validator
-        return
-    manifest.write_manifest(raw, preset=asdict(p), model_ref=model_ref, local_model_dir=local_model_dir)
 
 
 # --------------------------------------------------------------------------- the closing report
