@@ -13,25 +13,32 @@ Universal masks (§6 "Marginalisation"): AST X = AND of the pair masks (X, b) ov
 *present* for X; builtin Y = AND over every present (a, Y). A concept with one pair (the six
 isolated AST nodes) keeps that pair mask unchanged.
 
-Everything is vectorised over units, layers and channels. Two exact rewrites make the
-9-setting sweep cheap (and are checked against the literal formula in tests/test_masks.py):
+Everything is vectorised over units, layers and channels, and exact rewrites make the 9-setting
+sweep cheap (each checked against the literal formula in tests/test_masks.py):
 
 * x ↦ fl32(x / n) is monotone, so `fl32(sum / n) > ε` ⇔ `sum > t`, with t the largest float32
-  for which fl32(t / n) <= ε. t is found once per distinct n (a binary search over float32 bit
-  patterns), and the 21 M sums are compared without dividing them for every setting.
-* likewise `fl32(count / n) >= C` ⇔ `count >= k`, with k the smallest such count.
+  for which fl32(t / n) <= ε. t is found once per distinct n, and the 21 M sums are compared
+  without dividing them; likewise `fl32(count / n) >= C` ⇔ `count >= k`.
+* A setting's mask is the AND of one ε test and one C test, so the sweep makes 3 + 3
+  single-threshold masks and ANDs them into 9 settings; and as an AND over pairs distributes
+  over that AND, the universals of all 9 settings come from marginalising the 6 (see `_Sweep`).
 
-The sweep works through cache-sized blocks of units on all cores. Marginalisation ANDs
-bit-packed masks with one `bitwise_and.reduceat` per concept kind; Jaccard counts by popcount.
+The sweep works through cache-sized blocks of units on all cores, and the masks stay
+bit-packed (64 channels to a uint64 word, `MaskStack.words`) from the threshold on: ANDs
+and Jaccard's popcounts handle 64 channels at a time, and booleans are unpacked only for a
+consumer that asks for them (the HDF5 writer). `benchmarks/bench_masks.py` measures it.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
-import os
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -51,13 +58,12 @@ Setting = tuple[float, float]
 # the real counts go to /generation_stats.
 TOKEN_CHECKER_N_TARGET = 50
 
-_FLOAT32_INF_BITS = 0x7F800000   # bit pattern of +inf; non-negative float32 bit patterns sort like their values
-_BLOCK_ELEMENTS = 1 << 18         # (unit, layer, channel) values per block of the sweep: ~1 MB of float32
+_BLOCK_ELEMENTS = 1 << 19         # (unit, layer, channel) values per block of the sweep (cache-sized; tuned)
 _THREADS = min(4, os.cpu_count() or 1)
-# Writing is bound by HDF5's per-dataset cost in one process (h5py serialises on a global lock), so a
-# large sweep writes its files from parallel processes; below this many datasets, starting them costs more.
+# Writers for a large sweep (the parent and spawned helpers, see _write_all); below this many datasets
+# (about a second of writing) starting a helper costs more than it saves.
 _WRITE_PROCESSES = min(2, os.cpu_count() or 1)
-_PARALLEL_WRITE_MIN_DATASETS = 50_000
+_PARALLEL_WRITE_MIN_DATASETS = 20_000
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -71,16 +77,30 @@ def _check_setting(epsilon: float, consistency: float) -> None:
 
 
 def mean_cutoffs(n_prompts: np.ndarray, epsilon: float) -> np.ndarray:
-    """Per n: the largest float32 t with fl32(t / n) <= float32(ε), so `sum > t` ⇔ `fl32(sum / n) > ε`."""
-    n = np.asarray(n_prompts).astype(np.float32)
+    """Per n: the largest float32 t with fl32(t / n) <= float32(ε), so `sum > t` ⇔ `fl32(sum / n) > ε`.
+
+    t ↦ fl32(t / n) is monotone, so the set of t that pass is an interval [0, t*]: start at the
+    float32 nearest ε·n and step one float32 at a time (a step or two; more only for ε = 0,
+    where t / n underflows to 0 for the first ~n subnormals) to the edge.
+    """
+    distinct, where = np.unique(np.asarray(n_prompts), return_inverse=True)   # once per distinct n
+    n = distinct.astype(np.float32)
     eps = np.float32(epsilon)
-    lo = np.zeros(n.shape, np.int64)                           # 0.0 always satisfies (ε >= 0)
-    hi = np.full(n.shape, _FLOAT32_INF_BITS, np.int64)         # +inf never does
-    while (hi - lo > 1).any():
-        mid = (lo + hi) // 2
-        ok = mid.astype(np.int32).view(np.float32) / n <= eps
-        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
-    return lo.astype(np.int32).view(np.float32)
+
+    def passes(x):
+        return (x / n) <= eps
+
+    with np.errstate(over="ignore"):             # ε·n and the step above the largest float32 may overflow
+        t = (np.float64(eps) * n).astype(np.float32)
+        while not passes(t).all():               # too high: step down (0.0 always passes, as ε >= 0)
+            t = np.where(passes(t), t, np.nextafter(t, np.float32(0)))
+        while True:                              # step up while the next float32 still passes
+            up = np.nextafter(t, np.float32(np.inf))
+            ok = passes(up) & (up < np.inf)
+            if not ok.any():
+                break
+            t = np.where(ok, up, t)
+    return t[where.reshape(np.shape(n_prompts))]
 
 
 def count_cutoffs(n_prompts: np.ndarray, consistency: float) -> np.ndarray:
@@ -94,13 +114,57 @@ def count_cutoffs(n_prompts: np.ndarray, consistency: float) -> np.ndarray:
     return out
 
 
-def threshold_sweep(acts: Activations, settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, MaskStack]:
-    """Masks of every unit at every (ε, C) setting.
+def _unique_settings(settings: Iterable[Setting]) -> list[Setting]:
+    return list(dict.fromkeys((float(e), float(c)) for e, c in settings))
 
-    Works through blocks of units small enough to stay in cache (on all cores: numpy releases
-    the GIL): each distinct ε and C is compared once per block, each setting is one AND of the two.
+
+@functools.lru_cache(maxsize=8)
+def _concept_members(pair_keys: tuple[str, ...]) -> list[tuple[str, list[str], list]]:
+    """Per concept kind: (kind, sorted names, each name's rows among the pair keys). Rows are a slice
+    where they are contiguous (every AST node's pairs are, in sorted key order) and an index array
+    otherwise. Cached: a sweep marginalises the same keys at every setting."""
+    split = [split_pair_key(k) for k in pair_keys]
+    out = []
+    for kind, labels in (("ast", [a for a, _ in split]), ("builtin", [b for _, b in split])):
+        rows: dict[str, list[int]] = {}
+        for i, label in enumerate(labels):
+            rows.setdefault(label, []).append(i)
+        names = sorted(rows)
+        out.append((kind, names, [slice(rows[g][0], rows[g][-1] + 1) if rows[g][-1] - rows[g][0] + 1 == len(rows[g])
+                                  else np.array(rows[g]) for g in names]))
+    return out
+
+
+@dataclass
+class _Sweep:
+    """Bit-packed masks of every unit at every setting and, for pairs, of every concept at every
+    single threshold: `universal_passes[:, i]` is the AND over a concept's pairs of `sum / n > ε_i`,
+    `universal_passes[:, n_ε + j]` that of `count / n >= C_j` (an AND over pairs distributes over
+    the AND of the two tests, so setting (ε_i, C_j)'s universal mask is the AND of those two)."""
+
+    epsilons: list[float]
+    consistencies: list[float]
+    pairs: np.ndarray                                # (len(settings), U, L, words)
+    concept_keys: list[str] = field(default_factory=list)
+    universal_passes: np.ndarray | None = None       # (len(concept_keys), n_ε + n_C, L, words)
+
+    def universal_words(self, epsilon: float, consistency: float) -> np.ndarray:
+        n_e = len(self.epsilons)
+        return (self.universal_passes[:, self.epsilons.index(epsilon)]
+                & self.universal_passes[:, n_e + self.consistencies.index(consistency)])
+
+
+def _sweep(acts: Activations, settings: list[Setting], universals: bool = False) -> _Sweep:
+    """Threshold every unit at every distinct ε and C, AND them into every setting and, with
+    `universals` (units are pairs), AND each concept's pairs together as well.
+
+    Works through blocks of units small enough to stay in cache, on all cores (numpy releases
+    the GIL in its loops). Per block, one broadcast comparison tests every ε (and one every C),
+    one `packbits` packs them to 64 channels a word, and each setting is an AND of packed words:
+    few, long numpy calls, which is what lets the threads overlap. Blocks hold whole AST runs (a
+    node's pairs are contiguous in sorted key order), so a node is reduced inside one block; a
+    run has one pair per builtin, so it ANDs into distinct rows of a per-thread builtin accumulator.
     """
-    settings = list(dict.fromkeys((float(e), float(c)) for e, c in settings))
     for e, c in settings:
         _check_setting(e, c)
     n = np.asarray(acts.n_prompts, dtype=np.int64)
@@ -108,22 +172,85 @@ def threshold_sweep(acts: Activations, settings: Iterable[Setting] = layout.SETT
         raise ValueError(f"unit {acts.keys[int(np.argmin(n))]!r} has n_prompts <= 0")
     sums = np.asarray(acts.activation_sum, dtype=np.float32)       # the release stores float32 sums
     counts = np.asarray(acts.firing_count)
-    mean_cut = {e: mean_cutoffs(n, e)[:, None, None] for e in dict.fromkeys(e for e, _ in settings)}
-    count_cut = {c: count_cutoffs(n, c).astype(counts.dtype)[:, None, None]
-                 for c in dict.fromkeys(c for _, c in settings)}
-    out = np.empty((len(settings),) + sums.shape, bool)            # one allocation for all settings' masks
+    n_units, n_layers, width = sums.shape
+    epsilons = list(dict.fromkeys(e for e, _ in settings))
+    consistencies = list(dict.fromkeys(c for _, c in settings))
+    n_e, n_thresholds, words = len(epsilons), len(epsilons) + len(consistencies), layout.n_words(width)
+    # Cutoffs as (unit, threshold, 1, 1), against values broadcast as (unit, 1, layer, channel).
+    mean_cut = np.stack([mean_cutoffs(n, e) for e in epsilons], axis=-1)[:, :, None, None]
+    count_cut = np.stack([count_cutoffs(n, c) for c in consistencies], axis=-1).astype(counts.dtype)[:, :, None, None]
+    if len(n) and (n == n[0]).all():     # one prompt count (the usual case): the same cutoffs for every block
+        mean_cut, count_cut = mean_cut[:1], count_cut[:1]
+    # Per ε, one broadcast AND makes all its settings (consecutive in the ε-major grid; else one by one).
+    and_groups = []
+    for i, e in enumerate(epsilons):
+        ks = [k for k, s in enumerate(settings) if s[0] == e]
+        js = [n_e + consistencies.index(settings[k][1]) for k in ks]
+        if ks == list(range(ks[0], ks[-1] + 1)):
+            and_groups.append((i, slice(ks[0], ks[-1] + 1), js))
+        else:
+            and_groups += [(i, slice(k, k + 1), [j]) for k, j in zip(ks, js)]
+    sweep = _Sweep(epsilons, consistencies, np.empty((len(settings), n_units, n_layers, words), np.uint64))
 
-    def one_block(lo: int) -> None:
-        hi = lo + step
-        mean_pass = {e: np.greater(sums[lo:hi], cut[lo:hi]) for e, cut in mean_cut.items()}
-        rate_pass = {c: np.greater_equal(counts[lo:hi], cut[lo:hi]) for c, cut in count_cut.items()}
-        for i, (e, c) in enumerate(settings):
-            np.logical_and(mean_pass[e], rate_pass[c], out=out[i, lo:hi])
+    if universals:
+        (_, ast_names, ast_rows), (_, builtin_names, builtin_rows) = _concept_members(tuple(acts.keys))
+        if not all(isinstance(rows, slice) for rows in ast_rows):
+            raise ValueError("pair units must be in sorted key order (each AST node's pairs contiguous)")
+        runs = sorted((rows.start, rows.stop, j) for j, rows in enumerate(ast_rows))
+        builtin_of = np.empty(n_units, np.int64)
+        for j, rows in enumerate(builtin_rows):
+            builtin_of[rows] = j
+        ast_passes = np.empty((len(ast_names), n_thresholds, n_layers, words), np.uint64)
+        builtin_accumulators: list[np.ndarray] = []              # one per thread, ANDed together at the end
+    else:
+        runs = [(u, u + 1, None) for u in range(n_units)]
+    units_per_block = max(1, _BLOCK_ELEMENTS // max(1, n_layers * width))
+    blocks: list[list[tuple]] = []                               # whole runs, up to units_per_block (or one run)
+    for run in runs:
+        if blocks and run[1] - blocks[-1][0][0] <= units_per_block:
+            blocks[-1].append(run)
+        else:
+            blocks.append([run])
+    most_units = max((b[-1][1] - b[0][0] for b in blocks), default=0)
+    scratch = threading.local()                                  # per-thread buffers
 
-    step = max(1, _BLOCK_ELEMENTS // max(1, sums[0].size if len(sums) else 1))
+    def one_block(block_runs: list[tuple]) -> None:
+        lo, hi = block_runs[0][0], block_runs[-1][1]
+        if not hasattr(scratch, "tests"):
+            scratch.tests = np.empty((most_units, n_thresholds, n_layers, width), bool)
+        tests = scratch.tests[:hi - lo]
+        np.greater(sums[lo:hi, None], mean_cut if len(mean_cut) == 1 else mean_cut[lo:hi], out=tests[:, :n_e])
+        np.greater_equal(counts[lo:hi, None], count_cut if len(count_cut) == 1 else count_cut[lo:hi],
+                         out=tests[:, n_e:])
+        passed = layout.pack_bits(tests)                     # (units, thresholds, L, words)
+        for i, ks, js in and_groups:
+            np.bitwise_and(passed[:, i], passed[:, js].transpose(1, 0, 2, 3), out=sweep.pairs[ks, lo:hi])
+        if not universals:
+            return
+        if not hasattr(scratch, "builtins"):
+            scratch.builtins = np.full((len(builtin_names), n_thresholds, n_layers, words), ~np.uint64(0))
+            builtin_accumulators.append(scratch.builtins)
+        for start, stop, j in block_runs:
+            run = passed[start - lo:stop - lo]
+            np.bitwise_and.reduce(run, axis=0, out=ast_passes[j])
+            scratch.builtins[builtin_of[start:stop]] &= run
+
     with ThreadPoolExecutor(_THREADS) as pool:
-        list(pool.map(one_block, range(0, len(sums), step)))
-    return {s: MaskStack(list(acts.keys), out[i]) for i, s in enumerate(settings)}
+        list(pool.map(one_block, blocks))
+    if universals:
+        sweep.concept_keys = ([concept_key("ast", a) for a in ast_names]
+                              + [concept_key("builtin", b) for b in builtin_names])
+        sweep.universal_passes = np.concatenate(
+            [ast_passes, np.bitwise_and.reduce(builtin_accumulators, axis=0) if builtin_accumulators
+             else np.empty((0,) + ast_passes.shape[1:], np.uint64)])
+    return sweep
+
+
+def threshold_sweep(acts: Activations, settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, MaskStack]:
+    """Masks of every unit at every (ε, C) setting, bit-packed (`MaskStack.words`)."""
+    settings = _unique_settings(settings)
+    sweep = _sweep(acts, settings)
+    return {s: MaskStack(list(acts.keys), words=sweep.pairs[k], width=acts.width) for k, s in enumerate(settings)}
 
 
 def threshold_masks(acts: Activations, epsilon: float, consistency: float) -> MaskStack:
@@ -134,48 +261,17 @@ def threshold_masks(acts: Activations, epsilon: float, consistency: float) -> Ma
 # ----------------------------------------------------------------------------- marginalisation
 
 
-def _pack(masks: np.ndarray) -> np.ndarray:
-    """(U, L, W) bool -> (U, L, B) uint64 words (zero-padded), so an AND handles 64 channels at once."""
-    packed = np.packbits(masks, axis=-1)
-    pad = -packed.shape[-1] % 8
-    if pad:
-        packed = np.concatenate([packed, np.zeros(packed.shape[:-1] + (pad,), np.uint8)], axis=-1)
-    return np.ascontiguousarray(packed).view(np.uint64)
-
-
-def _unpack(words: np.ndarray, width: int) -> np.ndarray:
-    return np.unpackbits(words.view(np.uint8), axis=-1, count=width).view(bool)
-
-
-def _runs(labels: list[str]) -> tuple[list[str], np.ndarray | None, np.ndarray]:
-    """Sorted distinct labels, the row order that makes each label's rows contiguous (None if they
-    already are), and where each label's run starts."""
-    names = sorted(set(labels))
-    index = {g: i for i, g in enumerate(names)}
-    group = np.fromiter((index[g] for g in labels), dtype=np.int64, count=len(labels))
-    order = np.argsort(group, kind="stable")
-    starts = np.searchsorted(group[order], np.arange(len(names)))
-    return names, (None if (order == np.arange(len(order))).all() else order), starts
-
-
-@functools.lru_cache(maxsize=8)
-def _concept_runs(pair_keys: tuple[str, ...]) -> list[tuple[str, list[str], np.ndarray | None, np.ndarray]]:
-    """Per concept kind: (kind, names, order, starts) over the pair keys. Cached: a sweep
-    marginalises the same keys at every setting."""
-    split = [split_pair_key(k) for k in pair_keys]
-    return [("ast", *_runs([a for a, _ in split])), ("builtin", *_runs([b for _, b in split]))]
-
-
 def marginalise(pairs: MaskStack) -> MaskStack:
     """Universal masks `ast__X` (AND over X's present pairs) and `builtin__Y` (AND over Y's present pairs)."""
-    if not pairs.keys:
-        return MaskStack([], np.zeros((0,) + pairs.masks.shape[1:], bool))
-    words = _pack(pairs.masks)
+    words = pairs.words
     keys, anded = [], []
-    for kind, names, order, starts in _concept_runs(tuple(pairs.keys)):
+    for kind, names, members in _concept_members(tuple(pairs.keys)):
+        out = np.empty((len(names),) + words.shape[1:], np.uint64)
+        for j, rows in enumerate(members):     # a slice is a view: no copy for the AST nodes
+            np.bitwise_and.reduce(words[rows], axis=0, out=out[j])
         keys += [concept_key(kind, n) for n in names]
-        anded.append(np.bitwise_and.reduceat(words if order is None else words[order], starts, axis=0))
-    return MaskStack(keys, _unpack(np.concatenate(anded), pairs.width))
+        anded.append(out)
+    return MaskStack(keys, words=np.concatenate(anded) if anded else words[:0], width=pairs.width)
 
 
 # ----------------------------------------------------------------------------- Jaccard metrics
@@ -183,9 +279,25 @@ def marginalise(pairs: MaskStack) -> MaskStack:
 
 def jaccard_matrix(masks: np.ndarray) -> np.ndarray:
     """Pairwise |A∩B| / |A∪B| of (N, W) boolean masks, float64; 0 where both are empty (so diag = 1 or 0)."""
-    words = _pack(np.asarray(masks, dtype=bool)[:, None, :])[:, 0, :]            # (N, W/64) uint64
-    # popcount of the pairwise ANDs: exact integer counts, and no BLAS threads to contend for
-    inter = np.bitwise_count(words[:, None, :] & words[None, :, :]).sum(-1, dtype=np.int64).astype(np.float64)
+    return _jaccard_words(layout.pack_bits(masks))
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n)
+
+
+def _jaccard_words(words: np.ndarray) -> np.ndarray:
+    """`jaccard_matrix` of (N, W/64) packed masks."""
+    # Exact integer counts: popcount of the AND of every pair i <= j (the matrix is symmetric),
+    # laid out word-major so each numpy loop runs over all the pairs at once.
+    n = len(words)
+    i, j = _upper_triangle(n)
+    by_word = np.ascontiguousarray(words.T)
+    counts = np.bitwise_count(np.take(by_word, i, axis=1) & np.take(by_word, j, axis=1)).sum(0, dtype=np.uint32)
+    inter = np.empty((n, n), np.float64)
+    inter[i, j] = counts
+    inter[j, i] = counts
     sizes = np.diag(inter)
     union = sizes[:, None] + sizes[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
@@ -196,7 +308,7 @@ def universal_jaccard(universals: MaskStack, kind: str, layer: int = layout.JACC
     rows = [i for i, k in enumerate(universals.keys) if k.startswith(f"{kind}__")]
     if not rows or layer >= universals.n_layers:
         return None
-    return jaccard_matrix(universals.masks[rows, layer])
+    return _jaccard_words(universals.words[rows, layer])
 
 
 # ----------------------------------------------------------------------------- file stages
@@ -225,14 +337,23 @@ def _up_to_date(output: Path, source: Path) -> bool:
     return output.is_file() and output.stat().st_mtime >= source.stat().st_mtime
 
 
-def _load(data_dir: Path, name: str, key_kind: str) -> tuple[Path, Activations]:
-    path = data_dir / name
+def load_activations(path: os.PathLike | str, key_kind: str) -> Activations:
+    """Read and check a stage-12 file for this stage (`key_kind` "pair" or "concept": how units are named).
+
+    Once the counts are known to lie in [0, n_prompts], they are held in the narrowest unsigned
+    type that fits (uint8 for the release's 50 prompts): a quarter of the memory, and the sweep
+    streams and compares them that much faster. The values are unchanged.
+    """
+    path = Path(path)
     try:
         acts = read_activations(path)  # AtlasFileError (naming the file) if missing, malformed or non-finite
     except KeyError as exc:            # a group the reader expected is absent (e.g. one firing_counts layer)
         raise AtlasFileError(path, f"incomplete stage-12 file: {exc}") from None
     _validate(acts, path, key_kind)
-    return path, acts
+    narrow = np.min_scalar_type(int(acts.n_prompts.max(initial=0)))
+    if narrow.itemsize < acts.firing_count.dtype.itemsize:
+        acts.firing_count = acts.firing_count.astype(narrow)
+    return acts
 
 
 def _todo(outputs: dict[Setting, Path], source: Path, resume: bool) -> list[Setting]:
@@ -241,56 +362,91 @@ def _todo(outputs: dict[Setting, Path], source: Path, resume: bool) -> list[Sett
     return [s for s, p in outputs.items() if not (resume and _up_to_date(p, source))]
 
 
-def write_object_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
-                             settings: Iterable[Setting] = layout.SETTINGS) -> list[Path]:
-    """Threshold, marginalise and write one `13_object_masks_eps{ε}_cons{C}.h5` per setting."""
-    data_dir = Path(data_dir)
-    settings = [(float(e), float(c)) for e, c in settings]
-    split = [split_pair_key(k) for k in acts.keys]
-    ast_nodes, builtin_objs = sorted({a for a, _ in split}), sorted({b for _, b in split})
+def sweep_object_masks(acts: Activations, settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, ObjectMasks]:
+    """The content of every `13_object_masks_eps{ε}_cons{C}.h5`: pair masks, universal masks and
+    the layer-4 Jaccard matrices at each setting (masks bit-packed).
+
+    The universal masks come out of the sweep itself (see `_Sweep`): the same masks as
+    `marginalise` of each setting's pair masks, from six reductions instead of nine, done while
+    each block is still in cache.
+    """
+    settings = _unique_settings(settings)
+    (_, ast_nodes, _), (_, builtin_objs, _) = _concept_members(tuple(acts.keys))
     if acts.n_layers <= layout.JACCARD_LAYER:
         log.warning("%d layers only: no /metrics Jaccard matrices (they use layer %d)",
                     acts.n_layers, layout.JACCARD_LAYER)
-    sweep = threshold_sweep(acts, settings)
-    jobs = []
-    for s in settings:
-        pairs = sweep.pop(s)
-        universals = marginalise(pairs)
-        jobs.append((write_object_masks, data_dir / layout.object_masks_name(*s), ObjectMasks(
-            epsilon=s[0], consistency=s[1], pairs=pairs, universals=universals,
-            ast_nodes=ast_nodes, builtin_objs=builtin_objs,
-            jaccard_ast=universal_jaccard(universals, "ast"),
-            jaccard_builtin=universal_jaccard(universals, "builtin"))))
-    return _write_all(jobs, "13 object masks")
+    if list(acts.keys) != sorted(acts.keys):       # the sweep wants each AST node's pairs contiguous
+        order = np.argsort(np.array(acts.keys, dtype=object), kind="stable")
+        acts = replace(acts, keys=[acts.keys[i] for i in order], activation_sum=acts.activation_sum[order],
+                                   firing_count=acts.firing_count[order], n_prompts=acts.n_prompts[order])
+    sweep = _sweep(acts, settings, universals=True)
+    out = {}
+    for k, (e, c) in enumerate(settings):
+        universals = MaskStack(sweep.concept_keys, words=sweep.universal_words(e, c), width=acts.width)
+        out[(e, c)] = ObjectMasks(epsilon=e, consistency=c,
+                                  pairs=MaskStack(acts.keys, words=sweep.pairs[k], width=acts.width),
+                                  universals=universals, ast_nodes=ast_nodes, builtin_objs=builtin_objs,
+                                  jaccard_ast=universal_jaccard(universals, "ast"),
+                                  jaccard_builtin=universal_jaccard(universals, "builtin"))
+    return out
+
+
+def sweep_checker_masks(acts: Activations, settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, CheckerMasks]:
+    """The content of every `13_checker_masks_eps{ε}_cons{C}.h5` (thresholds only: no marginalising)."""
+    return {s: CheckerMasks(s[0], s[1], stack) for s, stack in threshold_sweep(acts, settings).items()}
+
+
+def write_object_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
+                             settings: Iterable[Setting] = layout.SETTINGS) -> list[Path]:
+    """Threshold, marginalise and write one `13_object_masks_eps{ε}_cons{C}.h5` per setting."""
+    contents = sweep_object_masks(acts, settings)
+    return _write_all([(write_object_masks, Path(data_dir) / layout.object_masks_name(*s), om)
+                       for s, om in contents.items()], "13 object masks",
+                      n_datasets=sum((len(om.pairs.keys) + len(om.universals.keys)) * acts.n_layers
+                                     for om in contents.values()))
 
 
 def write_checker_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
                               settings: Iterable[Setting] = layout.SETTINGS) -> list[Path]:
-    """Threshold and write one `13_checker_masks_eps{ε}_cons{C}.h5` per setting (no marginalising)."""
-    data_dir = Path(data_dir)
-    settings = [(float(e), float(c)) for e, c in settings]
-    sweep = threshold_sweep(acts, settings)
-    jobs = [(write_checker_masks, data_dir / layout.checker_masks_name(*s), CheckerMasks(s[0], s[1], sweep.pop(s)))
-            for s in settings]
-    return _write_all(jobs, "13 checker masks")
+    """Threshold and write one `13_checker_masks_eps{ε}_cons{C}.h5` per setting."""
+    contents = sweep_checker_masks(acts, settings)
+    return _write_all([(write_checker_masks, Path(data_dir) / layout.checker_masks_name(*s), cm)
+                       for s, cm in contents.items()], "13 checker masks",
+                      n_datasets=len(contents) * len(acts.keys) * acts.n_layers)
 
 
-def _write_all(jobs: list, desc: str) -> list[Path]:
-    """Run `writer(path, content)` for each job, from parallel processes when the sweep is large."""
-    n_datasets = sum(c.masks.masks.shape[0] * c.masks.n_layers if isinstance(c, CheckerMasks) else
-                     (c.pairs.masks.shape[0] + c.universals.masks.shape[0]) * c.pairs.n_layers
-                     for _, _, c in jobs)
+def _write_all(jobs: list, desc: str, n_datasets: int) -> list[Path]:
+    """Run `writer(path, content)` for each job; a large sweep also hands jobs to helper processes.
+
+    Writing is bound by HDF5's per-dataset cost, on one core per process (h5py holds the GIL),
+    so helpers add cores. They are spawned, not forked (the parent may hold torch's thread pools),
+    which takes a moment, so the parent writes too and every writer takes the next job when free.
+    """
+    helpers = _WRITE_PROCESSES - 1 if n_datasets >= _PARALLEL_WRITE_MIN_DATASETS else 0
+    pending = collections.deque(jobs)                  # popleft is atomic: the writers share it safely
+
     with tqdm(total=len(jobs), desc=desc, unit="file") as bar:
-        if _WRITE_PROCESSES > 1 and n_datasets >= _PARALLEL_WRITE_MIN_DATASETS:
-            # spawn, not fork: the parent may hold torch's thread pools.
-            with ProcessPoolExecutor(_WRITE_PROCESSES, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for done in as_completed([pool.submit(writer, path, content) for writer, path, content in jobs]):
-                    done.result()
-                    bar.update()
-        else:
-            for writer, path, content in jobs:
-                writer(path, content)
+        def write_pending(write) -> None:
+            while True:
+                try:
+                    writer, path, content = pending.popleft()
+                except IndexError:
+                    return
+                write(writer, path, content)
                 bar.update()
+
+        def here(writer, path, content) -> None:
+            writer(path, content)
+
+        if helpers:
+            with ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn")) as pool, \
+                    ThreadPoolExecutor(helpers) as feeders:   # one thread per helper, waiting on its current job
+                fed = [feeders.submit(write_pending, lambda *job: pool.submit(*job).result()) for _ in range(helpers)]
+                write_pending(here)
+                for done in fed:
+                    done.result()
+        else:
+            write_pending(here)
     return [path for _, path, _ in jobs]
 
 
@@ -305,7 +461,7 @@ def build_object_masks(data_dir: os.PathLike | str, settings: Iterable[Setting] 
     outputs = {(float(e), float(c)): data_dir / layout.object_masks_name(e, c) for e, c in settings}
     todo = _todo(outputs, data_dir / layout.OBJECT_ACTIVATIONS, resume)
     if todo:
-        _, acts = _load(data_dir, layout.OBJECT_ACTIVATIONS, "pair")
+        acts = load_activations(data_dir / layout.OBJECT_ACTIVATIONS, "pair")
         write_object_masks_sweep(acts, data_dir, todo)
     return list(outputs.values())
 
@@ -317,7 +473,7 @@ def build_checker_masks(data_dir: os.PathLike | str, settings: Iterable[Setting]
     outputs = {(float(e), float(c)): data_dir / layout.checker_masks_name(e, c) for e, c in settings}
     todo = _todo(outputs, data_dir / layout.CHECKER_ACTIVATIONS, resume)
     if todo:
-        _, acts = _load(data_dir, layout.CHECKER_ACTIVATIONS, "concept")
+        acts = load_activations(data_dir / layout.CHECKER_ACTIVATIONS, "concept")
         write_checker_masks_sweep(acts, data_dir, todo)
     return list(outputs.values())
 
@@ -333,7 +489,7 @@ def build_token_checker_masks(data_dir: os.PathLike | str, *, resume: bool = Tru
     out = data_dir / layout.TOKEN_CHECKER_MASKS
     if not _todo({(eps, cons): out}, data_dir / layout.TOKEN_CHECKER_ACTIVATIONS, resume):
         return out
-    _, acts = _load(data_dir, layout.TOKEN_CHECKER_ACTIVATIONS, "concept")
+    acts = load_activations(data_dir / layout.TOKEN_CHECKER_ACTIVATIONS, "concept")
     write_checker_masks(out, CheckerMasks(
         eps, cons, threshold_masks(acts, eps, cons),
         extra_attrs={"n_prompts_per_object": TOKEN_CHECKER_N_TARGET, "categories": layout.CHECKER_CATEGORIES},

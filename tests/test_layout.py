@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import h5py
 import numpy as np
 import pytest
@@ -83,3 +85,63 @@ def test_a_missing_layer_is_named(tiny_raw_atlas, tmp_path):
         del f["universal_masks/layer_3"]
     with pytest.raises(layout.AtlasFileError, match=r"layer_3"):
         layout.read_object_masks(path)
+
+
+# ----------------------------------------------------------------------------- packed masks
+
+
+@pytest.mark.parametrize("width", [1, 8, 63, 64, 65, 130, 2048])
+def test_pack_bits_round_trips_and_puts_channel_c_at_bit_c_mod_64(width):
+    rng = np.random.default_rng(width)
+    m = rng.random((3, 2, width)) < 0.4
+    words = layout.pack_bits(m)
+    assert words.dtype == np.uint64 and words.shape == (3, 2, layout.n_words(width))
+    np.testing.assert_array_equal(layout.unpack_bits(words, width), m)
+    one = np.zeros(width, bool)
+    one[width - 1] = True
+    expected = np.zeros(layout.n_words(width), np.uint64)
+    expected[(width - 1) // 64] = np.uint64(1) << np.uint64((width - 1) % 64)
+    np.testing.assert_array_equal(layout.pack_bits(one), expected)
+
+
+def test_mask_stack_holds_either_form_and_derives_the_other():
+    rng = np.random.default_rng(0)
+    m = rng.random((4, 2, 100)) < 0.5
+    keys = ["d", "b", "a", "c"]                      # unsorted: both forms are reordered alike
+    from_bools, from_words = layout.MaskStack(keys, m), layout.MaskStack(keys, words=layout.pack_bits(m), width=100)
+    order = [2, 1, 3, 0]
+    for stack in (from_bools, from_words):
+        assert stack.keys == ["a", "b", "c", "d"] and (stack.n_layers, stack.width) == (2, 100)
+        np.testing.assert_array_equal(stack.masks, m[order])
+        np.testing.assert_array_equal(stack.words, layout.pack_bits(m[order]))
+    with pytest.raises(ValueError, match="read-only"):
+        from_words.masks[0, 0, 0] = True               # booleans unpacked from words cannot drift from them
+    from_bools.masks[0, 0, 0] = not from_bools.masks[0, 0, 0]          # the boolean form is the one it holds
+    assert from_bools.words[0, 0, 0] != from_words.words[0, 0, 0]
+    assert pickle.loads(pickle.dumps(from_words))._masks is None       # pickles only the packed words
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(from_words)).masks, m[order])
+    for bad in (dict(masks=m, words=layout.pack_bits(m), width=100), dict(),
+                dict(words=layout.pack_bits(m), width=200), dict(words=layout.pack_bits(m).view(np.int64), width=100)):
+        with pytest.raises(ValueError):
+            layout.MaskStack(keys, **bad)
+
+
+@pytest.mark.parametrize("data", [
+    np.zeros(2048, bool), np.arange(2048) % 7 == 0, np.linspace(0, 3, 2048, dtype=np.float32),
+    np.arange(2048, dtype=np.int32), np.zeros(5, np.float32),
+    np.random.default_rng(1).random(1_000_000) < 0.5,             # longer than one chunk: HDF5 chunks and filters it
+], ids=["zeros", "bools", "float32", "int32", "short", "long"])
+def test_vectors_are_written_as_create_dataset_writes_them(data, tmp_path):
+    ours, h5pys = tmp_path / "ours.h5", tmp_path / "h5py.h5"
+    memo: dict = {}
+    with h5py.File(ours, "w", track_order=False) as f:
+        layout._write_vector(f, "a", data, memo)
+        layout._write_vector(f, "b", data, memo)                   # the second one from the memo
+    with h5py.File(h5pys, "w", track_order=False) as f:
+        for name in ("a", "b"):
+            f.create_dataset(name, data=data, compression="gzip", track_times=False)
+    with h5py.File(ours) as f:
+        for name in ("a", "b"):
+            assert f[name].compression == "gzip" and f[name].compression_opts == 4
+            np.testing.assert_array_equal(f[name][()], data)
+    assert ours.read_bytes() == h5pys.read_bytes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -131,6 +132,19 @@ def test_cutoffs_are_the_exact_boundaries():
             assert kk == 0 or np.float32(kk - 1) / np.float32(n) < np.float32(c)
 
 
+def test_mean_cutoffs_at_extreme_epsilons():
+    # ε = 0 and subnormal ε make the search walk many float32 steps; huge ε overflows ε·n
+    ns = np.array([1, 2, 3, 50, 997, 65535, 10**6])
+    f32max = float(np.finfo(np.float32).max)
+    for e in (0.0, 1e-45, 1e-40, 1e-38, 1e30, 3e38, f32max):
+        t = masks.mean_cutoffs(ns, e)
+        nf = ns.astype(np.float32)
+        with np.errstate(over="ignore"):
+            assert (t / nf <= np.float32(e)).all(), e
+            above = np.nextafter(t, np.float32(np.inf))
+            assert ((above / nf > np.float32(e)) | (above == np.inf)).all(), e
+
+
 @pytest.mark.parametrize("bad", [(-0.1, 0.5), (float("nan"), 0.5), (0.1, 1.5), (0.1, -0.2)])
 def test_invalid_settings_are_rejected(bad):
     with pytest.raises(ValueError):
@@ -188,6 +202,69 @@ def test_jaccard_matrix_known_values():
     slow = [[len(set(np.flatnonzero(a)) & set(np.flatnonzero(b))) / len(set(np.flatnonzero(a)) | set(np.flatnonzero(b)))
              if (a | b).any() else 0.0 for b in r] for a in r]
     np.testing.assert_array_equal(masks.jaccard_matrix(r), np.array(slow))
+
+
+# ----------------------------------------------------------------------------- the object sweep (pairs + universals)
+
+
+def _random_pair_acts(rng, n_ast: int, n_builtin: int, width: int, n_prompts: int | str) -> Activations:
+    """A ragged grid (each AST node pairs with a random subset of builtins), random sums and counts;
+    `n_prompts` = "mixed" gives every pair its own prompt count."""
+    keys = sorted(pair_key(f"A{a}", f"b{b}") for a in range(n_ast) for b in range(n_builtin)
+                  if rng.random() < 0.7 or b == a % n_builtin)
+    n = rng.integers(1, 80, len(keys)) if n_prompts == "mixed" else np.full(len(keys), n_prompts, np.int64)
+    shape = (len(keys), layout.JACCARD_LAYER + 1, width)
+    sums = (rng.random(shape) * rng.choice([0.001, 0.1, 0.5, 1.0], shape) * 1.5 * n[:, None, None]).astype(np.float32)
+    counts = np.floor(rng.random(shape) * (n[:, None, None] + 1)).astype(np.int32)
+    return Activations(keys, sums, counts, n)
+
+
+@pytest.mark.parametrize("width, n_prompts, settings", [
+    (64, 50, SETTINGS),
+    (100, 50, SETTINGS[::-1]),                                     # padding bits; reversed setting order
+    (64, "mixed", [(0.5, 0.2), (0.001, 0.8), (0.5, 0.5)]),         # per-unit cutoffs; an ε's settings apart
+    (8, 7, [(0.1, 0.5)]),
+])
+def test_object_sweep_equals_the_literal_formula_and_marginalise(width, n_prompts, settings, monkeypatch):
+    acts = _random_pair_acts(np.random.default_rng(width), n_ast=9, n_builtin=12, width=width, n_prompts=n_prompts)
+    # blocks of ~2 units: most AST runs span several, and several threads share the builtins
+    monkeypatch.setattr(masks, "_BLOCK_ELEMENTS", 2 * acts.n_layers * width)
+    got = masks.sweep_object_masks(acts, settings)
+    assert list(got) == [(float(e), float(c)) for e, c in settings]
+    for s, om in got.items():
+        np.testing.assert_array_equal(om.pairs.masks, literal_masks(acts, *s), err_msg=str(s))
+        by_definition = masks.marginalise(MaskStack(acts.keys, literal_masks(acts, *s)))
+        assert om.universals.keys == by_definition.keys
+        np.testing.assert_array_equal(om.universals.masks, by_definition.masks, err_msg=str(s))
+        for kind, matrix in (("ast", om.jaccard_ast), ("builtin", om.jaccard_builtin)):
+            rows = [i for i, k in enumerate(by_definition.keys) if k.startswith(kind + "__")]
+            np.testing.assert_array_equal(matrix, masks.jaccard_matrix(by_definition.masks[rows, layout.JACCARD_LAYER]))
+
+
+def test_object_sweep_sorts_unsorted_units():
+    rng = np.random.default_rng(5)
+    acts = _random_pair_acts(rng, n_ast=4, n_builtin=5, width=64, n_prompts=20)
+    order = rng.permutation(len(acts.keys))
+    shuffled = Activations([acts.keys[i] for i in order], acts.activation_sum[order], acts.firing_count[order],
+                           acts.n_prompts[order])
+    for s, om in masks.sweep_object_masks(shuffled, [(0.1, 0.5)]).items():
+        assert om.pairs.keys == acts.keys
+        np.testing.assert_array_equal(om.pairs.masks, literal_masks(acts, *s))
+        np.testing.assert_array_equal(om.universals.masks,
+                                      masks.marginalise(MaskStack(acts.keys, literal_masks(acts, *s))).masks)
+
+
+def test_the_stage_loader_narrows_counts_without_changing_them(tmp_path):
+    acts = _small_object_acts(tmp_path)                              # n_prompts = 10
+    layout.write_activations(tmp_path / layout.OBJECT_ACTIVATIONS, acts)
+    loaded = masks.load_activations(tmp_path / layout.OBJECT_ACTIVATIONS, "pair")
+    assert loaded.firing_count.dtype == np.uint8
+    np.testing.assert_array_equal(loaded.firing_count, acts.firing_count)
+    for s in SETTINGS:                                               # the masks do not depend on the type
+        np.testing.assert_array_equal(masks.threshold_masks(loaded, *s).masks, literal_masks(acts, *s))
+    acts.n_prompts[:] = 300                                          # counts could now exceed a byte
+    layout.write_activations(tmp_path / layout.OBJECT_ACTIVATIONS, acts)
+    assert masks.load_activations(tmp_path / layout.OBJECT_ACTIVATIONS, "pair").firing_count.dtype == np.uint16
 
 
 # ----------------------------------------------------------------------------- the planted atlas
@@ -371,20 +448,29 @@ def test_resume_skips_current_files_and_rebuilds_stale_ones(atlas, tmp_path):
 
 
 def test_parallel_writes_give_the_same_files_as_serial_writes(atlas, tmp_path, monkeypatch):
-    # A large sweep writes its files from worker processes; the bytes must not depend on that.
+    # A large sweep also writes from a helper process; the bytes must not depend on who wrote them.
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     for folder in (serial, parallel):
         folder.mkdir()
         shutil.copy(atlas.root / layout.OBJECT_ACTIVATIONS, folder / layout.OBJECT_ACTIVATIONS)
-    settings = [(0.001, 0.2), (0.5, 0.8)]
     monkeypatch.setattr(masks, "_PARALLEL_WRITE_MIN_DATASETS", 10**12)
-    masks.build_object_masks(serial, settings)
+    masks.build_object_masks(serial)
     monkeypatch.setattr(masks, "_PARALLEL_WRITE_MIN_DATASETS", 0)
     monkeypatch.setattr(masks, "_WRITE_PROCESSES", 2)
-    masks.build_object_masks(parallel, settings)
-    for s in settings:
+    masks.build_object_masks(parallel)
+    for s in layout.SETTINGS:
         name = layout.object_masks_name(*s)
         assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
+
+
+def test_parallel_writes_write_every_job_once_and_raise_a_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(masks, "_WRITE_PROCESSES", 2)
+    jobs = [(Path.write_text, tmp_path / f"job{i}.txt", f"job {i}") for i in range(12)]
+    assert masks._write_all(jobs, "test", n_datasets=10**9) == [path for _, path, _ in jobs]
+    assert sorted(p.read_text() for p in tmp_path.glob("job*.txt")) == sorted(f"job {i}" for i in range(12))
+    broken = jobs[:3] + [(Path.write_text, tmp_path / "no such folder" / "x.txt", "x")] + jobs[3:6]
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        masks._write_all(broken, "test", n_datasets=10**9)
 
 
 def _small_object_acts(tmp_path, **change):
