@@ -167,28 +167,30 @@ def _new_h5(path: Path) -> h5py.File:
 _GZIP_LEVEL = 4   # what h5py's compression="gzip" means
 
 
-def _write_vector(group: h5py.Group, name: str, data: np.ndarray, deflated: dict[bytes, bytes] | None = None) -> None:
-    """One gzip'd vector dataset, byte-identical to `group.create_dataset(name, data=..., compression="gzip")`.
+def _write_vectors(group: h5py.Group, names: list[str], rows: np.ndarray) -> None:
+    """One gzip'd vector dataset `group/names[i]` per row, byte-identical to what
+    `group.create_dataset(name, data=row, compression="gzip")` writes.
 
     An atlas holds ~100k of these, so the per-dataset overhead is what costs. The property lists
-    are built once per (dtype, shape) with h5py's own helper; the vector is one chunk, so we
+    are built once per (dtype, width) with h5py's own helper; each vector is one chunk, so we
     deflate it with zlib at h5py's level and hand it to HDF5 with `write_direct_chunk`, skipping
-    the filter pipeline (HDF5's deflate filter makes the same zlib stream). `deflated` memoises
-    chunks by content across calls (masks repeat: most high-threshold masks are empty).
+    the filter pipeline (HDF5's deflate filter makes the same zlib stream). Identical rows (empty
+    masks, above all) are deflated once.
     """
-    data = np.ascontiguousarray(data)
-    tid, space, dcpl, one_chunk = _vector_plists(data.dtype.str, data.shape)
-    dset = h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl)
-    if not one_chunk:                        # a very long vector: let HDF5 chunk and filter it
-        dset.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
-        return
-    raw = data.tobytes()
-    chunk = deflated.get(raw) if deflated is not None else None
-    if chunk is None:
-        chunk = zlib.compress(raw, _GZIP_LEVEL)
-        if deflated is not None:
-            deflated[raw] = chunk
-    dset.write_direct_chunk((0,) * data.ndim, chunk)
+    rows = np.asarray(rows)
+    tid, space, dcpl, one_chunk = _vector_plists(rows.dtype.str, rows.shape[1:])
+    deflated: dict[bytes, bytes] = {}
+    for name, row in zip(names, rows):
+        dset = h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl)
+        if one_chunk:
+            raw = row.tobytes()
+            chunk = deflated.get(raw)
+            if chunk is None:
+                chunk = deflated[raw] = zlib.compress(raw, _GZIP_LEVEL)
+            dset.write_direct_chunk((0,), chunk)
+        else:                                # a very long vector: let HDF5 chunk and filter it
+            dset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(row))
+        del dset                             # closed before the next one, as create_dataset's would be
 
 
 _VECTOR_PLISTS: dict = {}
@@ -224,7 +226,7 @@ def pack_bits(masks: np.ndarray) -> np.ndarray:
 
 
 def unpack_bits(words: np.ndarray, width: int) -> np.ndarray:
-    """Inverse of `pack_bits`."""
+    """Inverse of `pack_bits` (the padding bits are dropped)."""
     return np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=-1, count=width,
                          bitorder="little").view(bool)
 
@@ -357,9 +359,8 @@ def write_activations(path: os.PathLike | str, acts: Activations) -> None:
         ga, gf, gn = f.create_group(G_ACTIVATIONS), f.create_group(G_FIRING), f.create_group(G_NPROMPTS)
         for l in range(acts.n_layers):
             la, lf = ga.create_group(f"layer_{l}"), gf.create_group(f"layer_{l}")
-            for i, key in enumerate(acts.keys):
-                _write_vector(la, key, acts.activation_sum[i, l].astype(np.float32))
-                _write_vector(lf, key, acts.firing_count[i, l].astype(np.int32))
+            _write_vectors(la, acts.keys, acts.activation_sum[:, l].astype(np.float32))
+            _write_vectors(lf, acts.keys, acts.firing_count[:, l].astype(np.int32))
         for i, key in enumerate(acts.keys):
             gn.create_dataset(key, data=np.int64(acts.n_prompts[i]), track_times=False)  # scalar, as released
         md = f.create_group(G_METADATA)
@@ -487,11 +488,9 @@ def read_checker_masks(path: os.PathLike | str) -> CheckerMasks:
 
 
 def _write_mask_group(group: h5py.Group, stack: MaskStack) -> None:
-    masks, deflated = np.asarray(stack.masks, dtype=np.bool_), {}
+    masks = np.asarray(stack.masks, dtype=np.bool_)
     for l in range(stack.n_layers):
-        lg = group.create_group(f"layer_{l}")
-        for i, key in enumerate(stack.keys):
-            _write_vector(lg, key, masks[i, l], deflated)
+        _write_vectors(group.create_group(f"layer_{l}"), stack.keys, masks[:, l])
 
 
 def _read_mask_group(group: h5py.Group, path) -> MaskStack:

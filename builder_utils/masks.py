@@ -60,9 +60,9 @@ TOKEN_CHECKER_N_TARGET = 50
 
 _BLOCK_ELEMENTS = 1 << 19         # (unit, layer, channel) values per block of the sweep (cache-sized; tuned)
 _THREADS = min(4, os.cpu_count() or 1)
-# Writers for a large sweep (the parent and spawned helpers, see _write_all); below this many datasets
-# (about a second of writing) starting a helper costs more than it saves.
-_WRITE_PROCESSES = min(2, os.cpu_count() or 1)
+# Processes writing a sweep's files when the caller asks for more than one (`writers`; see _write_all).
+# Below _PARALLEL_WRITE_MIN_DATASETS (about a second of writing) a helper costs more than it saves.
+DEFAULT_WRITERS = min(2, os.cpu_count() or 1)
 _PARALLEL_WRITE_MIN_DATASETS = 20_000
 
 
@@ -271,7 +271,7 @@ def marginalise(pairs: MaskStack) -> MaskStack:
             np.bitwise_and.reduce(words[rows], axis=0, out=out[j])
         keys += [concept_key(kind, n) for n in names]
         anded.append(out)
-    return MaskStack(keys, words=np.concatenate(anded) if anded else words[:0], width=pairs.width)
+    return MaskStack(keys, words=np.concatenate(anded), width=pairs.width)
 
 
 # ----------------------------------------------------------------------------- Jaccard metrics
@@ -288,24 +288,28 @@ def _upper_triangle(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _jaccard_words(words: np.ndarray) -> np.ndarray:
-    """`jaccard_matrix` of (N, W/64) packed masks."""
-    # Exact integer counts: popcount of the AND of every pair i <= j (the matrix is symmetric),
-    # laid out word-major so each numpy loop runs over all the pairs at once.
-    n = len(words)
+    """`jaccard_matrix` of (..., N, W/64) packed masks: one (N, N) matrix per leading index."""
+    # Exact integer counts: popcount of the AND of every pair i <= j (the matrix is symmetric), laid
+    # out word-major so each numpy loop runs over all the pairs (of a whole batch) at once.
+    *batch, n, _ = words.shape
     i, j = _upper_triangle(n)
-    by_word = np.ascontiguousarray(words.T)
-    counts = np.bitwise_count(np.take(by_word, i, axis=1) & np.take(by_word, j, axis=1)).sum(0, dtype=np.uint32)
-    inter = np.empty((n, n), np.float64)
-    inter[i, j] = counts
-    inter[j, i] = counts
-    sizes = np.diag(inter)
-    union = sizes[:, None] + sizes[None, :] - inter
+    by_word = np.ascontiguousarray(np.swapaxes(words, -1, -2))
+    counts = np.bitwise_count(np.take(by_word, i, axis=-1) & np.take(by_word, j, axis=-1)).sum(-2, dtype=np.uint32)
+    inter = np.empty((*batch, n, n), np.float64)
+    inter[..., i, j] = counts
+    inter[..., j, i] = counts
+    sizes = np.diagonal(inter, axis1=-2, axis2=-1)
+    union = sizes[..., :, None] + sizes[..., None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _kind_rows(keys: list[str], kind: str) -> list[int]:
+    return [i for i, k in enumerate(keys) if k.startswith(f"{kind}__")]
 
 
 def universal_jaccard(universals: MaskStack, kind: str, layer: int = layout.JACCARD_LAYER) -> np.ndarray | None:
     """The `/metrics` matrix of one concept kind at `layer`, rows in sorted name order; None if unavailable."""
-    rows = [i for i, k in enumerate(universals.keys) if k.startswith(f"{kind}__")]
+    rows = _kind_rows(universals.keys, kind)
     if not rows or layer >= universals.n_layers:
         return None
     return _jaccard_words(universals.words[rows, layer])
@@ -380,15 +384,18 @@ def sweep_object_masks(acts: Activations, settings: Iterable[Setting] = layout.S
         acts = replace(acts, keys=[acts.keys[i] for i in order], activation_sum=acts.activation_sum[order],
                                    firing_count=acts.firing_count[order], n_prompts=acts.n_prompts[order])
     sweep = _sweep(acts, settings, universals=True)
-    out = {}
-    for k, (e, c) in enumerate(settings):
-        universals = MaskStack(sweep.concept_keys, words=sweep.universal_words(e, c), width=acts.width)
-        out[(e, c)] = ObjectMasks(epsilon=e, consistency=c,
-                                  pairs=MaskStack(acts.keys, words=sweep.pairs[k], width=acts.width),
-                                  universals=universals, ast_nodes=ast_nodes, builtin_objs=builtin_objs,
-                                  jaccard_ast=universal_jaccard(universals, "ast"),
-                                  jaccard_builtin=universal_jaccard(universals, "builtin"))
-    return out
+    universals = [MaskStack(sweep.concept_keys, words=sweep.universal_words(e, c), width=acts.width)
+                  for e, c in settings]
+    jaccard = {}                        # per kind, every setting's matrix (`universal_jaccard`) in one batch
+    for kind in ("ast", "builtin"):
+        rows = _kind_rows(sweep.concept_keys, kind)
+        jaccard[kind] = (_jaccard_words(np.stack([u.words[rows, layout.JACCARD_LAYER] for u in universals]))
+                         if rows and acts.n_layers > layout.JACCARD_LAYER else [None] * len(settings))
+    return {(e, c): ObjectMasks(epsilon=e, consistency=c,
+                                pairs=MaskStack(acts.keys, words=sweep.pairs[k], width=acts.width),
+                                universals=universals[k], ast_nodes=ast_nodes, builtin_objs=builtin_objs,
+                                jaccard_ast=jaccard["ast"][k], jaccard_builtin=jaccard["builtin"][k])
+            for k, (e, c) in enumerate(settings)}
 
 
 def sweep_checker_masks(acts: Activations, settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, CheckerMasks]:
@@ -397,32 +404,37 @@ def sweep_checker_masks(acts: Activations, settings: Iterable[Setting] = layout.
 
 
 def write_object_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
-                             settings: Iterable[Setting] = layout.SETTINGS) -> list[Path]:
-    """Threshold, marginalise and write one `13_object_masks_eps{ε}_cons{C}.h5` per setting."""
+                             settings: Iterable[Setting] = layout.SETTINGS, *, writers: int = 1) -> list[Path]:
+    """Threshold, marginalise and write one `13_object_masks_eps{ε}_cons{C}.h5` per setting
+    (`writers` processes: see `_write_all`)."""
     contents = sweep_object_masks(acts, settings)
     return _write_all([(write_object_masks, Path(data_dir) / layout.object_masks_name(*s), om)
                        for s, om in contents.items()], "13 object masks",
                       n_datasets=sum((len(om.pairs.keys) + len(om.universals.keys)) * acts.n_layers
-                                     for om in contents.values()))
+                                     for om in contents.values()), writers=writers)
 
 
 def write_checker_masks_sweep(acts: Activations, data_dir: os.PathLike | str,
-                              settings: Iterable[Setting] = layout.SETTINGS) -> list[Path]:
+                              settings: Iterable[Setting] = layout.SETTINGS, *, writers: int = 1) -> list[Path]:
     """Threshold and write one `13_checker_masks_eps{ε}_cons{C}.h5` per setting."""
     contents = sweep_checker_masks(acts, settings)
     return _write_all([(write_checker_masks, Path(data_dir) / layout.checker_masks_name(*s), cm)
                        for s, cm in contents.items()], "13 checker masks",
-                      n_datasets=len(contents) * len(acts.keys) * acts.n_layers)
+                      n_datasets=len(contents) * len(acts.keys) * acts.n_layers, writers=writers)
 
 
-def _write_all(jobs: list, desc: str, n_datasets: int) -> list[Path]:
-    """Run `writer(path, content)` for each job; a large sweep also hands jobs to helper processes.
+def _write_all(jobs: list, desc: str, n_datasets: int, writers: int = 1) -> list[Path]:
+    """Run `writer(path, content)` for each job; with `writers` > 1, a large sweep also hands jobs
+    to `writers - 1` helper processes.
 
-    Writing is bound by HDF5's per-dataset cost, on one core per process (h5py holds the GIL),
-    so helpers add cores. They are spawned, not forked (the parent may hold torch's thread pools),
+    Writing is bound by HDF5's per-dataset cost, on one core per process (h5py holds the GIL), so
+    helpers add cores. They are spawned, not forked (the parent may hold torch's thread pools),
     which takes a moment, so the parent writes too and every writer takes the next job when free.
+    A spawned process re-imports the caller's `__main__` script, so only an entry point with an
+    `if __name__ == "__main__":` guard should ask for helpers (the stage scripts do); the default,
+    one writer, never starts a process.
     """
-    helpers = _WRITE_PROCESSES - 1 if n_datasets >= _PARALLEL_WRITE_MIN_DATASETS else 0
+    helpers = max(0, writers - 1) if n_datasets >= _PARALLEL_WRITE_MIN_DATASETS else 0
     pending = collections.deque(jobs)                  # popleft is atomic: the writers share it safely
 
     with tqdm(total=len(jobs), desc=desc, unit="file") as bar:
@@ -451,30 +463,31 @@ def _write_all(jobs: list, desc: str, n_datasets: int) -> list[Path]:
 
 
 def build_object_masks(data_dir: os.PathLike | str, settings: Iterable[Setting] = layout.SETTINGS, *,
-                       resume: bool = True) -> list[Path]:
+                       resume: bool = True, writers: int = 1) -> list[Path]:
     """`12_object_activations.h5` -> one `13_object_masks_eps{ε}_cons{C}.h5` per setting; returns their paths.
 
     With `resume`, a setting whose file exists and is newer than the activations is skipped,
     so an interrupted sweep continues where it stopped (files are written atomically).
+    `writers` > 1 writes from helper processes as well; see `_write_all` for when that is safe.
     """
     data_dir = Path(data_dir)
     outputs = {(float(e), float(c)): data_dir / layout.object_masks_name(e, c) for e, c in settings}
     todo = _todo(outputs, data_dir / layout.OBJECT_ACTIVATIONS, resume)
     if todo:
         acts = load_activations(data_dir / layout.OBJECT_ACTIVATIONS, "pair")
-        write_object_masks_sweep(acts, data_dir, todo)
+        write_object_masks_sweep(acts, data_dir, todo, writers=writers)
     return list(outputs.values())
 
 
 def build_checker_masks(data_dir: os.PathLike | str, settings: Iterable[Setting] = layout.SETTINGS, *,
-                        resume: bool = True) -> list[Path]:
+                        resume: bool = True, writers: int = 1) -> list[Path]:
     """`12_checker_activations.h5` (11B) -> one `13_checker_masks_eps{ε}_cons{C}.h5` per setting."""
     data_dir = Path(data_dir)
     outputs = {(float(e), float(c)): data_dir / layout.checker_masks_name(e, c) for e, c in settings}
     todo = _todo(outputs, data_dir / layout.CHECKER_ACTIVATIONS, resume)
     if todo:
         acts = load_activations(data_dir / layout.CHECKER_ACTIVATIONS, "concept")
-        write_checker_masks_sweep(acts, data_dir, todo)
+        write_checker_masks_sweep(acts, data_dir, todo, writers=writers)
     return list(outputs.values())
 
 

@@ -133,8 +133,12 @@ def run_stage(raw: Path, name: str, inputs: list[str], outputs: list[str], param
 
 
 def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, model: str | None = None,
-                device: str | None = None, export: bool = True, log=print) -> BuildResult:
-    """Build a complete atlas into `out` (see the module docstring for the layout)."""
+                device: str | None = None, export: bool = True, writers: int = 1, log=print) -> BuildResult:
+    """Build a complete atlas into `out` (see the module docstring for the layout).
+
+    `writers` > 1 writes the stage-13 mask files from that many processes (spawned helpers: call
+    it from a script with an `if __name__ == "__main__":` guard, as scripts/build_atlas.py does).
+    """
     # Heavy imports live here so `--help` and the layout stay fast to import.
     from builder_utils import (activations, checker_prompts, decomposition, manifest, masks, models, modularity,
                                object_prompts, token_independence)
@@ -213,11 +217,12 @@ def build_atlas(preset: str | Preset, out: str | Path, *, force: bool = False, m
     result.stages.append(run_stage(
         raw, "13_object_masks", [layout.OBJECT_ACTIVATIONS],
         [layout.object_masks_name(e, c) for e, c in settings], {"settings": settings},
-        lambda: masks.build_object_masks(raw, settings, resume=not force), force=force, log=log))
+        lambda: masks.build_object_masks(raw, settings, resume=not force, writers=writers), force=force, log=log))
     result.stages.append(run_stage(
         raw, "13_checker_masks", [layout.CHECKER_ACTIVATIONS],
         [layout.checker_masks_name(e, c) for e, c in settings], {"settings": settings},
-        lambda: masks.build_checker_masks(raw, settings, resume=not force), force=force, log=log))
+        lambda: masks.build_checker_masks(raw, settings, resume=not force, writers=writers), force=force,
+        log=log))
     result.stages.append(run_stage(
         raw, "5A_token_checker_masks", [layout.TOKEN_CHECKER_ACTIVATIONS], [layout.TOKEN_CHECKER_MASKS],
         {"setting": layout.TOKEN_CHECKER_SETTING},

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builder_utils.layout import AtlasFileError  # noqa: E402
+from builder_utils.masks import DEFAULT_WRITERS  # noqa: E402
 from builder_utils.pipeline import PRESETS, build_atlas, get_preset, summary_table  # noqa: E402
 
 # Bad input (a missing or damaged file, an unknown preset, an unwritable folder) gets one line, not a traceback.
@@ -34,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="override the preset's model (Hub id or local path)")
     ap.add_argument("--device", default=None, help="torch device (default: the preset's, cpu for tiny/mini)")
     ap.add_argument("--no-export", action="store_true", help="stop after the raw release files")
+    ap.add_argument("--writers", type=int, default=DEFAULT_WRITERS,
+                    help="processes writing the stage-13 mask files (default: %(default)s)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
     try:
         get_preset(args.preset)
         result = build_atlas(args.preset, args.out, force=args.force, model=args.model, device=args.device,
-                             export=not args.no_export)
+                             export=not args.no_export, writers=args.writers)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

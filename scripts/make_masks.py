@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from builder_utils import layout  # noqa: E402
-from builder_utils.masks import build_checker_masks, build_object_masks, build_token_checker_masks  # noqa: E402
+from builder_utils.masks import (DEFAULT_WRITERS, build_checker_masks, build_object_masks,  # noqa: E402
+                                 build_token_checker_masks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,15 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true",
                     help="rebuild every file; by default a file newer than its activation file is kept "
                          "(an interrupted run resumes)")
+    ap.add_argument("--writers", type=int, default=DEFAULT_WRITERS,
+                    help="processes writing the mask files (default: %(default)s)")
     args = ap.parse_args(argv)
 
     settings = [tuple(s) for s in args.setting] if args.setting else list(layout.SETTINGS)
     resume = not args.force
     written = []
     if args.only in (None, "object"):
-        written += build_object_masks(args.data_dir, settings, resume=resume)
+        written += build_object_masks(args.data_dir, settings, resume=resume, writers=args.writers)
     if args.only in (None, "checker"):
-        written += build_checker_masks(args.data_dir, settings, resume=resume)
+        written += build_checker_masks(args.data_dir, settings, resume=resume, writers=args.writers)
     if args.only in (None, "token-checker"):
         written.append(build_token_checker_masks(args.data_dir, resume=resume))
     for p in written:

@@ -453,24 +453,21 @@ def test_parallel_writes_give_the_same_files_as_serial_writes(atlas, tmp_path, m
     for folder in (serial, parallel):
         folder.mkdir()
         shutil.copy(atlas.root / layout.OBJECT_ACTIVATIONS, folder / layout.OBJECT_ACTIVATIONS)
-    monkeypatch.setattr(masks, "_PARALLEL_WRITE_MIN_DATASETS", 10**12)
     masks.build_object_masks(serial)
     monkeypatch.setattr(masks, "_PARALLEL_WRITE_MIN_DATASETS", 0)
-    monkeypatch.setattr(masks, "_WRITE_PROCESSES", 2)
-    masks.build_object_masks(parallel)
+    masks.build_object_masks(parallel, writers=2)
     for s in layout.SETTINGS:
         name = layout.object_masks_name(*s)
         assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
 
 
-def test_parallel_writes_write_every_job_once_and_raise_a_failure(tmp_path, monkeypatch):
-    monkeypatch.setattr(masks, "_WRITE_PROCESSES", 2)
+def test_parallel_writes_write_every_job_once_and_raise_a_failure(tmp_path):
     jobs = [(Path.write_text, tmp_path / f"job{i}.txt", f"job {i}") for i in range(12)]
-    assert masks._write_all(jobs, "test", n_datasets=10**9) == [path for _, path, _ in jobs]
+    assert masks._write_all(jobs, "test", n_datasets=10**9, writers=2) == [path for _, path, _ in jobs]
     assert sorted(p.read_text() for p in tmp_path.glob("job*.txt")) == sorted(f"job {i}" for i in range(12))
     broken = jobs[:3] + [(Path.write_text, tmp_path / "no such folder" / "x.txt", "x")] + jobs[3:6]
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        masks._write_all(broken, "test", n_datasets=10**9)
+        masks._write_all(broken, "test", n_datasets=10**9, writers=2)
 
 
 def _small_object_acts(tmp_path, **change):
