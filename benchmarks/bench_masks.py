@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-pairs", type=int, default=None, help="object pairs (default: the release's 1,276)")
     ap.add_argument("--width", type=int, default=2048, help="channels per layer (default: %(default)s)")
-    ap.add_argument("--repeat", type=int, default=5,
+    ap.add_argument("--repeat", type=int, default=7,
                     help="timed compute runs per side, after a warm-up; the best counts (default: %(default)s)")
     ap.add_argument("--no-writes", action="store_true", help="skip the (slow) compute + HDF5 write comparison")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the synthetic atlas and outputs here")
