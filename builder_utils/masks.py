@@ -470,24 +470,24 @@ def build_object_masks(data_dir: os.PathLike | str, settings: Iterable[Setting] 
     so an interrupted sweep continues where it stopped (files are written atomically).
     `writers` > 1 writes from helper processes as well; see `_write_all` for when that is safe.
     """
-    data_dir = Path(data_dir)
-    outputs = {(float(e), float(c)): data_dir / layout.object_masks_name(e, c) for e, c in settings}
-    todo = _todo(outputs, data_dir / layout.OBJECT_ACTIVATIONS, resume)
-    if todo:
-        acts = load_activations(data_dir / layout.OBJECT_ACTIVATIONS, "pair")
-        write_object_masks_sweep(acts, data_dir, todo, writers=writers)
-    return list(outputs.values())
+    return _build_sweep(data_dir, settings, resume, writers, layout.OBJECT_ACTIVATIONS, "pair",
+                        layout.object_masks_name, write_object_masks_sweep)
 
 
 def build_checker_masks(data_dir: os.PathLike | str, settings: Iterable[Setting] = layout.SETTINGS, *,
                         resume: bool = True, writers: int = 1) -> list[Path]:
     """`12_checker_activations.h5` (11B) -> one `13_checker_masks_eps{ε}_cons{C}.h5` per setting."""
+    return _build_sweep(data_dir, settings, resume, writers, layout.CHECKER_ACTIVATIONS, "concept",
+                        layout.checker_masks_name, write_checker_masks_sweep)
+
+
+def _build_sweep(data_dir, settings, resume: bool, writers: int, source: str, key_kind: str, output_name,
+                 write_sweep) -> list[Path]:
     data_dir = Path(data_dir)
-    outputs = {(float(e), float(c)): data_dir / layout.checker_masks_name(e, c) for e, c in settings}
-    todo = _todo(outputs, data_dir / layout.CHECKER_ACTIVATIONS, resume)
+    outputs = {(float(e), float(c)): data_dir / output_name(e, c) for e, c in settings}
+    todo = _todo(outputs, data_dir / source, resume)
     if todo:
-        acts = load_activations(data_dir / layout.CHECKER_ACTIVATIONS, "concept")
-        write_checker_masks_sweep(acts, data_dir, todo, writers=writers)
+        write_sweep(load_activations(data_dir / source, key_kind), data_dir, todo, writers=writers)
     return list(outputs.values())
 
 
