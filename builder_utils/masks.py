@@ -118,21 +118,52 @@ def _unique_settings(settings: Iterable[Setting]) -> list[Setting]:
     return list(dict.fromkeys((float(e), float(c)) for e, c in settings))
 
 
+@dataclass(frozen=True)
+class _Concepts:
+    """How sorted pair keys `<ast>__<builtin>` group into concepts: each AST node's pairs form one
+    contiguous run of rows, and a run holds at most one pair per builtin. The one implementation
+    of marginalisation (`and_runs`), used whole by `marginalise` and block by block by the sweep."""
+
+    ast_names: list[str]
+    builtin_names: list[str]
+    runs: list[tuple[int, int, int]]        # (first row, end row, AST index), in row order
+    builtin_of: np.ndarray                  # each pair row's builtin index
+
+    @property
+    def keys(self) -> list[str]:
+        return ([concept_key("ast", a) for a in self.ast_names]
+                + [concept_key("builtin", b) for b in self.builtin_names])
+
+    def builtin_accumulator(self, shape: tuple) -> np.ndarray:
+        """All ones: the identity that `and_runs` ANDs a builtin's pairs into."""
+        return np.full((len(self.builtin_names),) + shape, ~np.uint64(0))
+
+    def and_runs(self, words: np.ndarray, first_row: int, runs: list[tuple[int, int, int]],
+                 ast_out: np.ndarray, builtin_acc: np.ndarray) -> None:
+        """AND `runs` (rows `first_row + i` of `words`) into their AST node's row of `ast_out`, which
+        they fill (a run is the node's every pair), and into their builtins' rows of `builtin_acc`."""
+        for start, stop, j in runs:
+            run = words[start - first_row:stop - first_row]
+            np.bitwise_and.reduce(run, axis=0, out=ast_out[j])
+            builtin_acc[self.builtin_of[start:stop]] &= run      # distinct builtins within a run
+
+
 @functools.lru_cache(maxsize=8)
-def _concept_members(pair_keys: tuple[str, ...]) -> list[tuple[str, list[str], list]]:
-    """Per concept kind: (kind, sorted names, each name's rows among the pair keys). Rows are a slice
-    where they are contiguous (every AST node's pairs are, in sorted key order) and an index array
-    otherwise. Cached: a sweep marginalises the same keys at every setting."""
+def _concepts(pair_keys: tuple[str, ...]) -> _Concepts:
+    """Cached: a sweep, and `marginalise` at every setting, see the same keys."""
     split = [split_pair_key(k) for k in pair_keys]
-    out = []
-    for kind, labels in (("ast", [a for a, _ in split]), ("builtin", [b for _, b in split])):
-        rows: dict[str, list[int]] = {}
-        for i, label in enumerate(labels):
-            rows.setdefault(label, []).append(i)
-        names = sorted(rows)
-        out.append((kind, names, [slice(rows[g][0], rows[g][-1] + 1) if rows[g][-1] - rows[g][0] + 1 == len(rows[g])
-                                  else np.array(rows[g]) for g in names]))
-    return out
+    ast_names, builtin_names = sorted({a for a, _ in split}), sorted({b for _, b in split})
+    ast_index, builtin_index = {a: j for j, a in enumerate(ast_names)}, {b: j for j, b in enumerate(builtin_names)}
+    runs: list[tuple[int, int, int]] = []
+    for i, (a, _) in enumerate(split):
+        if runs and runs[-1][2] == ast_index[a]:
+            runs[-1] = (runs[-1][0], i + 1, runs[-1][2])
+        else:
+            runs.append((i, i + 1, ast_index[a]))
+    if len(runs) != len(ast_names):
+        raise ValueError("pair keys must be sorted (each AST node's pairs contiguous)")
+    return _Concepts(ast_names, builtin_names, runs,
+                     np.fromiter((builtin_index[b] for _, b in split), np.int64, count=len(split)))
 
 
 @dataclass
@@ -193,17 +224,12 @@ def _sweep(acts: Activations, settings: list[Setting], universals: bool = False)
     sweep = _Sweep(epsilons, consistencies, np.empty((len(settings), n_units, n_layers, words), np.uint64))
 
     if universals:
-        (_, ast_names, ast_rows), (_, builtin_names, builtin_rows) = _concept_members(tuple(acts.keys))
-        if not all(isinstance(rows, slice) for rows in ast_rows):
-            raise ValueError("pair units must be in sorted key order (each AST node's pairs contiguous)")
-        runs = sorted((rows.start, rows.stop, j) for j, rows in enumerate(ast_rows))
-        builtin_of = np.empty(n_units, np.int64)
-        for j, rows in enumerate(builtin_rows):
-            builtin_of[rows] = j
-        ast_passes = np.empty((len(ast_names), n_thresholds, n_layers, words), np.uint64)
+        concepts = _concepts(tuple(acts.keys))
+        runs = concepts.runs
+        ast_passes = np.empty((len(concepts.ast_names), n_thresholds, n_layers, words), np.uint64)
         builtin_accumulators: list[np.ndarray] = []              # one per thread, ANDed together at the end
     else:
-        runs = [(u, u + 1, None) for u in range(n_units)]
+        runs = [(u, u + 1, -1) for u in range(n_units)]
     units_per_block = max(1, _BLOCK_ELEMENTS // max(1, n_layers * width))
     blocks: list[list[tuple]] = []                               # whole runs, up to units_per_block (or one run)
     for run in runs:
@@ -228,21 +254,17 @@ def _sweep(acts: Activations, settings: list[Setting], universals: bool = False)
         if not universals:
             return
         if not hasattr(scratch, "builtins"):
-            scratch.builtins = np.full((len(builtin_names), n_thresholds, n_layers, words), ~np.uint64(0))
+            scratch.builtins = concepts.builtin_accumulator(passed.shape[1:])
             builtin_accumulators.append(scratch.builtins)
-        for start, stop, j in block_runs:
-            run = passed[start - lo:stop - lo]
-            np.bitwise_and.reduce(run, axis=0, out=ast_passes[j])
-            scratch.builtins[builtin_of[start:stop]] &= run
+        concepts.and_runs(passed, lo, block_runs, ast_passes, scratch.builtins)
 
     with ThreadPoolExecutor(_THREADS) as pool:
         list(pool.map(one_block, blocks))
     if universals:
-        sweep.concept_keys = ([concept_key("ast", a) for a in ast_names]
-                              + [concept_key("builtin", b) for b in builtin_names])
+        sweep.concept_keys = concepts.keys
         sweep.universal_passes = np.concatenate(
             [ast_passes, np.bitwise_and.reduce(builtin_accumulators, axis=0) if builtin_accumulators
-             else np.empty((0,) + ast_passes.shape[1:], np.uint64)])
+             else concepts.builtin_accumulator(ast_passes.shape[1:])])
     return sweep
 
 
@@ -263,15 +285,11 @@ def threshold_masks(acts: Activations, epsilon: float, consistency: float) -> Ma
 
 def marginalise(pairs: MaskStack) -> MaskStack:
     """Universal masks `ast__X` (AND over X's present pairs) and `builtin__Y` (AND over Y's present pairs)."""
-    words = pairs.words
-    keys, anded = [], []
-    for kind, names, members in _concept_members(tuple(pairs.keys)):
-        out = np.empty((len(names),) + words.shape[1:], np.uint64)
-        for j, rows in enumerate(members):     # a slice is a view: no copy for the AST nodes
-            np.bitwise_and.reduce(words[rows], axis=0, out=out[j])
-        keys += [concept_key(kind, n) for n in names]
-        anded.append(out)
-    return MaskStack(keys, words=np.concatenate(anded), width=pairs.width)
+    concepts, words = _concepts(tuple(pairs.keys)), pairs.words
+    ast = np.empty((len(concepts.ast_names),) + words.shape[1:], np.uint64)
+    builtins = concepts.builtin_accumulator(words.shape[1:])
+    concepts.and_runs(words, 0, concepts.runs, ast, builtins)
+    return MaskStack(concepts.keys, words=np.concatenate([ast, builtins]), width=pairs.width)
 
 
 # ----------------------------------------------------------------------------- Jaccard metrics
@@ -375,7 +393,6 @@ def sweep_object_masks(acts: Activations, settings: Iterable[Setting] = layout.S
     each block is still in cache.
     """
     settings = _unique_settings(settings)
-    (_, ast_nodes, _), (_, builtin_objs, _) = _concept_members(tuple(acts.keys))
     if acts.n_layers <= layout.JACCARD_LAYER:
         log.warning("%d layers only: no /metrics Jaccard matrices (they use layer %d)",
                     acts.n_layers, layout.JACCARD_LAYER)
@@ -384,6 +401,7 @@ def sweep_object_masks(acts: Activations, settings: Iterable[Setting] = layout.S
         acts = replace(acts, keys=[acts.keys[i] for i in order], activation_sum=acts.activation_sum[order],
                                    firing_count=acts.firing_count[order], n_prompts=acts.n_prompts[order])
     sweep = _sweep(acts, settings, universals=True)
+    concepts = _concepts(tuple(acts.keys))
     universals = [MaskStack(sweep.concept_keys, words=sweep.universal_words(e, c), width=acts.width)
                   for e, c in settings]
     jaccard = {}                        # per kind, every setting's matrix (`universal_jaccard`) in one batch
@@ -393,12 +411,14 @@ def sweep_object_masks(acts: Activations, settings: Iterable[Setting] = layout.S
                          if rows and acts.n_layers > layout.JACCARD_LAYER else [None] * len(settings))
     return {(e, c): ObjectMasks(epsilon=e, consistency=c,
                                 pairs=MaskStack(acts.keys, words=sweep.pairs[k], width=acts.width),
-                                universals=universals[k], ast_nodes=ast_nodes, builtin_objs=builtin_objs,
+                                universals=universals[k], ast_nodes=concepts.ast_names,
+                                builtin_objs=concepts.builtin_names,
                                 jaccard_ast=jaccard["ast"][k], jaccard_builtin=jaccard["builtin"][k])
             for k, (e, c) in enumerate(settings)}
 
 
-def sweep_checker_masks(acts: Activations, settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, CheckerMasks]:
+def sweep_checker_masks(acts: Activations,
+                        settings: Iterable[Setting] = layout.SETTINGS) -> dict[Setting, CheckerMasks]:
     """The content of every `13_checker_masks_eps{ε}_cons{C}.h5` (thresholds only: no marginalising)."""
     return {s: CheckerMasks(s[0], s[1], stack) for s, stack in threshold_sweep(acts, settings).items()}
 
